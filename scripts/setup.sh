@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Sets up vmwu on a fresh Debian 12 / Ubuntu machine: apt packages, a virtualenv in .venv
+# with vmwu and its pinned dependencies, and the "tiny" base image in the user's catalog.
+# Idempotent: a second run only checks. Run as root or as a user with sudo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+# qemu-system-x86 / qemu-utils: the VMM and qemu-img; e2fsprogs: mkfs.ext4 -d and debugfs;
+# lz4/zstd: the fast-boot kernel; dpkg/apt: building bases from packages; g++: the examples.
+PACKAGES=(python3 python3-venv python3-pip qemu-system-x86 qemu-utils e2fsprogs lz4 zstd
+          g++ libc6-dev ca-certificates)
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+# `vmwu base build` uses apt-get download, which needs the package lists.
+if [ "${#missing[@]}" -gt 0 ] || ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
+    echo "setup: apt-get update"
+    $SUDO apt-get update -qq
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+
+if ! .venv/bin/vmwu base show tiny >/dev/null 2>&1; then
+    echo "setup: building the tiny base image"
+    .venv/bin/vmwu base build tiny
+fi
+echo "setup: done ($(.venv/bin/vmwu --version))"

@@ -1,0 +1,252 @@
+"""The "tiny" base: Debian's cloud kernel + busybox + the vmwu agent, booted directly.
+
+Built from distribution packages without root mounts and without network inside a guest:
+
+1. ``apt-get download`` the cloud kernel (``linux-image-cloud-amd64``'s current
+   dependency) and ``busybox-static`` (or use ``.deb`` files given on the command line);
+2. ``dpkg-deb -x`` both into a scratch directory;
+3. write a gzip'd newc initramfs: busybox, the agent and its helpers, ``/init``, and the
+   kernel modules the vmwu disks need (virtio PCI/block/SCSI, isofs, CD-ROM) in
+   dependency order;
+4. copy the kernel (bzImage) and the initramfs into the base directory and register both
+   in the catalog as one base (boot method ``direct-kernel``).
+
+The root file system is the initramfs itself, so no base *disk* exists: a unit carries (or
+references) just the kernel and the initramfs, and the VM boots with ``-kernel/-initrd``
+(docs/tiny-base.md explains why).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from vmwu import AGENT_VERSION, guest, paths, tools
+from vmwu.catalog import BaseFile, BaseImage, Catalog, base_identity
+from vmwu.errors import BadInput, HostFailure, ToolFailed
+from vmwu.images import cpio
+from vmwu.ova import file_sha256
+from vmwu.unit import BootMethod, FileRole
+
+log = logging.getLogger(__name__)
+
+KERNEL_META = "linux-image-cloud-amd64"
+BUSYBOX = "busybox-static"
+
+# Modules the guest needs for the vmwu disks, loaded in this order's dependency closure.
+MODULES = (
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_scsi",
+    "sr_mod",
+    "isofs",
+)
+
+# Tuned for TCG (../notes/fast-boot.md): no crypto self-tests, no ACPI (we end with
+# reboot -f under -no-reboot), no timer calibration, no KASLR.
+CMDLINE = (
+    "console=ttyS0 quiet panic=-1 cryptomgr.notests mitigations=off "
+    "lapic_timer_period=4000000 no_timer_check nokaslr edd=off audit=0 apparmor=0 "
+    "security=none acpi=off"
+)
+
+Step = Callable[[str], None]
+
+
+def _resolve_kernel_package() -> str:
+    out = tools.output(["apt-cache", "depends", KERNEL_META])
+    match = re.search(r"Depends:\s*(linux-image-\S+)", out)
+    if not match:
+        raise HostFailure(
+            f"cannot find the kernel package behind {KERNEL_META}",
+            hint="run `apt-get update`, or pass --kernel-deb FILE",
+        )
+    return match.group(1)
+
+
+def download(packages: list[str], dest: Path) -> list[Path]:
+    """``apt-get download`` into ``dest``; returns the .deb files."""
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        tools.run(
+            ["apt-get", "download", "-o", "APT::Sandbox::User=root", *packages],
+            cwd=dest,
+            disk_hint=str(dest),
+        )
+    except ToolFailed as exc:
+        raise HostFailure(
+            f"apt-get download {' '.join(packages)} failed: {exc.stderr.strip().splitlines()[-1:]}",
+            hint="run `apt-get update` (as root) or pass --kernel-deb/--busybox-deb",
+        ) from exc
+    debs = []
+    for pkg in packages:
+        found = sorted(dest.glob(f"{pkg}_*.deb"))
+        if not found:
+            raise HostFailure(f"apt-get download did not produce {pkg}_*.deb in {dest}")
+        debs.append(found[-1])
+    return debs
+
+
+def module_order(moddir: Path, wanted: tuple[str, ...]) -> list[Path]:
+    """The ``.ko`` files of ``wanted`` and their dependencies, dependencies first."""
+    index: dict[str, Path] = {}
+    for ko in moddir.rglob("*.ko"):
+        index[ko.stem.replace("-", "_")] = ko
+    order: list[Path] = []
+    seen: set[str] = set()
+
+    def visit(name: str) -> None:
+        key = name.replace("-", "_")
+        if key in seen:
+            return
+        seen.add(key)
+        ko = index.get(key)
+        if ko is None:
+            return  # built into the kernel
+        match = re.search(rb"\0depends=([^\0]*)\0", b"\0" + ko.read_bytes())
+        for dep in match.group(1).decode().split(",") if match and match.group(1) else []:
+            visit(dep)
+        order.append(ko)
+
+    for name in wanted:
+        visit(name)
+    return order
+
+
+def build_initramfs(busybox: Path, modules: list[Path], dest: Path) -> None:
+    entries = [
+        cpio.directory(d)
+        for d in (
+            "bin",
+            "dev",
+            "etc",
+            "etc/vmwu",
+            "lib",
+            "lib/modules",
+            "proc",
+            "sys",
+            "tmp",
+            "usr",
+            "usr/bin",
+            "root",
+            "run",
+        )
+    ]
+    entries += [
+        cpio.chardev("dev/console", 5, 1),
+        cpio.file("bin/busybox", busybox.read_bytes(), 0o755),
+        cpio.file("init", guest.read(guest.TINY_INIT), 0o755),
+        cpio.file("usr/bin/vmwu-agent", guest.read(guest.AGENT), 0o755),
+        cpio.file("usr/bin/vmwu-progress", guest.read(guest.PROGRESS), 0o755),
+        cpio.file("usr/bin/vmwu-mount", guest.read(guest.MOUNT), 0o755),
+        cpio.file("etc/vmwu/agent-version", f"{AGENT_VERSION}\n".encode()),
+    ]
+    names = []
+    for ko in modules:
+        entries.append(cpio.file(f"lib/modules/{ko.stem}.ko", ko.read_bytes()))
+        names.append(ko.stem)
+    entries.append(cpio.file("etc/vmwu/modules", ("\n".join(names) + "\n").encode()))
+    cpio.write_initramfs(dest, entries)
+
+
+def build_tiny(
+    catalog: Catalog,
+    *,
+    name: str = "tiny",
+    kernel_deb: Path | None = None,
+    busybox_deb: Path | None = None,
+    replace: bool = False,
+    step: Step = lambda msg: None,
+) -> BaseImage:
+    if not replace and catalog.exists(name):
+        raise BadInput(f"base '{name}' already exists in {catalog.path}", hint="use --replace")
+    downloads = paths.cache_dir() / "downloads"
+    wanted = []
+    if kernel_deb is None:
+        step("finding the kernel package")
+        wanted.append(_resolve_kernel_package())
+    if busybox_deb is None:
+        wanted.append(BUSYBOX)
+    if wanted:
+        step(f"downloading {', '.join(wanted)}")
+        got = download(wanted, downloads)
+        if kernel_deb is None:
+            kernel_deb = got.pop(0)
+        if busybox_deb is None:
+            busybox_deb = got.pop(0)
+    assert kernel_deb is not None and busybox_deb is not None
+    for deb in (kernel_deb, busybox_deb):
+        if not deb.is_file():
+            raise BadInput(f"{deb} does not exist")
+
+    base_dir = paths.bases_dir() / name
+    with tempfile.TemporaryDirectory(prefix="vmwu-tiny-") as tmp_str:
+        tmp = Path(tmp_str)
+        step("unpacking the packages")
+        tools.run(["dpkg-deb", "-x", kernel_deb, tmp / "kernel"])
+        tools.run(["dpkg-deb", "-x", busybox_deb, tmp / "busybox"])
+        vmlinuz = sorted((tmp / "kernel" / "boot").glob("vmlinuz-*"))
+        if not vmlinuz:
+            raise BadInput(f"{kernel_deb} holds no /boot/vmlinuz-*: is it a linux-image package?")
+        version = vmlinuz[-1].name.removeprefix("vmlinuz-")
+        busybox = tmp / "busybox" / "bin" / "busybox"
+        if not busybox.is_file():
+            raise BadInput(f"{busybox_deb} holds no /bin/busybox: is it busybox-static?")
+        step("writing the initramfs")
+        modules = module_order(tmp / "kernel" / "lib" / "modules" / version, MODULES)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=_ensure(base_dir.parent)))
+        try:
+            build_initramfs(busybox, modules, staging / "initrd.img")
+            shutil.copyfile(vmlinuz[-1], staging / "kernel")
+            (staging / "autorun.sh").write_bytes(guest.read(guest.DEFAULT_TEMPLATE))
+            if base_dir.exists():
+                shutil.rmtree(base_dir)
+            staging.rename(base_dir)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    files = []
+    for role, fname, fmt in (
+        (FileRole.KERNEL, "kernel", "bzimage"),
+        (FileRole.INITRD, "initrd.img", "cpio"),
+    ):
+        sha, size = file_sha256(base_dir / fname)
+        files.append(
+            BaseFile(role=role.value, path=base_dir / fname, sha256=sha, size=size, format=fmt)
+        )
+    major_minor = ".".join(version.split(".")[:2])
+    base = BaseImage(
+        id=None,
+        name=name,
+        description=f"busybox + vmwu agent on Debian's cloud kernel {version} (direct boot)",
+        location=str(base_dir),
+        architecture="x86_64",
+        guest_os=f"linux{major_minor}",
+        filesystem="ext4",
+        input_device="LABEL=VMWU-APP",
+        output_device="LABEL=VMWU-OUT",
+        cdrom_device="LABEL=VMWU-INST",
+        script_template=str(base_dir / "autorun.sh"),
+        date_added=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        sha256=base_identity(files),
+        size=sum(f.size for f in files),
+        format="direct-kernel",
+        boot_method=BootMethod.DIRECT_KERNEL.value,
+        agent_version=AGENT_VERSION,
+        cmdline=CMDLINE,
+        cdrom_as_hard_disk=True,
+        files=tuple(files),
+    )
+    step("registering the base")
+    return catalog.add(base, replace=replace)
+
+
+def _ensure(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,445 @@
+"""The ``vmwu`` command. Thin: parses, calls the library, renders; the one place that turns
+a :class:`VmwuError` into a one-line message and an exit code (docs/exit-codes.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from vmwu import __version__
+from vmwu.errors import BadInput, ExitCode, VmwuError
+
+log = logging.getLogger("vmwu")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise BadInput(f"{self.prog}: {message}", hint=f"see `{self.prog} --help`")
+
+
+def _catalog(path: Path | None):  # type: ignore[no-untyped-def]
+    from vmwu.catalog import Catalog
+
+    return Catalog.open(path)
+
+
+# -- pack ---------------------------------------------------------------------------------
+
+
+def _pack_args(argv: list[str]) -> tuple[str | None, str | None, str | None, bool, list[str]]:
+    """(spec, output, catalog, quiet, spec overrides) from ``vmwu pack`` arguments: the
+    spec file first, then pack's own flags mixed with --OPTION VALUE spec overrides."""
+    spec = output = catalog = None
+    quiet = False
+    rest: list[str] = []
+    if argv and not argv[0].startswith("-"):
+        spec = argv[0]
+        argv = argv[1:]
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        i += 1
+        key, has_value, inline = token.partition("=")
+        if key in ("-o", "--output", "--catalog"):
+            if not has_value:
+                if i >= len(argv):
+                    raise BadInput(f"vmwu pack: {token} needs a value")
+                inline = argv[i]
+                i += 1
+            if key == "--catalog":
+                catalog = inline
+            else:
+                output = inline
+        elif token in ("-q", "--quiet"):
+            quiet = True
+        else:
+            rest.append(token)
+    return spec, output, catalog, quiet, rest
+
+
+def cmd_pack(args: argparse.Namespace, extra: list[str]) -> int:
+    from vmwu.options import parse_cli
+    from vmwu.pack import pack
+    from vmwu.sizes import format_size
+    from vmwu.spec import OPTIONS, load_spec
+    from vmwu.ui import Steps
+
+    spec_file, output, catalog, quiet, rest = _pack_args(extra)
+    overrides = parse_cli(rest, OPTIONS)
+    spec = load_spec(Path(spec_file) if spec_file else None, overrides)
+    catalog_path = Path(catalog) if catalog else spec.vmddb
+    args.output, args.quiet = output, quiet
+    steps = Steps(quiet=args.quiet)
+    try:
+        result = pack(
+            spec,
+            output=Path(args.output) if args.output else None,
+            catalog=_catalog(catalog_path),
+            step=steps.step,
+            progress=steps.progress,
+        )
+    finally:
+        steps.close()
+    size = result.path.stat().st_size
+    embedded = (
+        "embedded"
+        if any(
+            f.embedded
+            for f in result.descriptor.files
+            if f.role in ("kernel", "initrd", "base-disk")
+        )
+        else "referenced by sha256"
+    )
+    print(f"{result.path}  ({format_size(size)}; base '{result.base.name}' {embedded})")
+    return 0
+
+
+# -- run ----------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
+    import shlex
+
+    from vmwu.launch import run_unit
+    from vmwu.runopts import parse_run_args
+    from vmwu.ui import InstanceLine
+
+    opts, quiet = parse_run_args(extra)
+    if opts.print_cmdline:
+        result = run_unit(opts)
+        print(shlex.join(result.cmdline))
+        return 0
+    with InstanceLine(opts.unit.stem, quiet=quiet) as line:
+        result = run_unit(opts, on_update=line.update)
+    if result.error is not None:
+        print(f"vmwu: error: {result.error}", file=sys.stderr)
+        print(
+            f"vmwu: outputs, console.log and status.json are in {result.output_dir}",
+            file=sys.stderr,
+        )
+    elif not quiet:
+        t = result.status.get("timings", {})
+        print(
+            f"vmwu: {result.status.get('unit')}: exit {result.exit_code} "
+            f"(boot {t.get('boot')}s, app {t.get('app')}s, total {t.get('qemu')}s); "
+            f"outputs in {result.output_dir}",
+            file=sys.stderr,
+        )
+    return result.exit_code
+
+
+# -- extract / inspect ----------------------------------------------------------------------
+
+
+def cmd_extract(args: argparse.Namespace, extra: list[str]) -> int:
+    from vmwu.extract import extract
+
+    written = extract(Path(args.image), Path(args.dest), component=args.component)
+    for path in written:
+        print(path)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace, extra: list[str]) -> int:
+    from vmwu.extract import inspect_unit
+
+    summary = inspect_unit(Path(args.unit), verify=not args.no_verify)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        from vmwu.extract import format_summary
+
+        print(format_summary(summary))
+    return 0
+
+
+# -- base -----------------------------------------------------------------------------------
+
+
+def cmd_base_build(args: argparse.Namespace, extra: list[str]) -> int:
+    from vmwu.bases import build_base
+    from vmwu.ui import Steps
+
+    steps = Steps(quiet=args.quiet)
+    try:
+        base = build_base(
+            args.kind,
+            _catalog(args.catalog),
+            name=args.name or args.kind,
+            kernel_deb=Path(args.kernel_deb) if args.kernel_deb else None,
+            busybox_deb=Path(args.busybox_deb) if args.busybox_deb else None,
+            replace=args.replace,
+            step=steps.step,
+        )
+    finally:
+        steps.close()
+    print(
+        f"base '{base.name}' registered: {base.architecture} {base.guest_os}, sha256 {base.sha256[:16]}…"
+    )
+    return 0
+
+
+def cmd_base_list(args: argparse.Namespace, extra: list[str]) -> int:
+    from vmwu.sizes import format_size
+
+    cat = _catalog(args.catalog)
+    bases = cat.list()
+    if args.json:
+        print(json.dumps([b.to_dict() for b in bases], indent=2))
+        return 0
+    if not bases:
+        print(f"the catalog {cat.path} is empty; run `vmwu base build tiny`")
+        return 0
+    print(f"{'ID':>3}  {'NAME':<16} {'ARCH':<8} {'OS':<10} {'BOOT':<14} {'SIZE':>10}  SHA256")
+    for b in bases:
+        print(
+            f"{b.id:>3}  {b.name:<16} {b.architecture:<8} {b.guest_os:<10} {b.boot_method:<14} "
+            f"{format_size(b.size):>10}  {b.sha256[:16]}"
+        )
+    return 0
+
+
+def cmd_base_show(args: argparse.Namespace, extra: list[str]) -> int:
+    base = _catalog(args.catalog).get(args.name)
+    data = base.to_dict()
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        for key, value in data.items():
+            if key == "files":
+                for f in value:
+                    print(
+                        f"file.{f['role']:<11} {f['path']}  ({f['format']}, {f['size']} bytes, sha256 {f['sha256']})"
+                    )
+            else:
+                print(f"{key:<16} {value}")
+    return 0
+
+
+def cmd_base_add(args: argparse.Namespace, extra: list[str]) -> int:
+    from vmwu.bases.register import add_base
+
+    base = add_base(
+        _catalog(args.catalog),
+        name=args.name,
+        disk=Path(args.disk) if args.disk else None,
+        kernel=Path(args.kernel) if args.kernel else None,
+        initrd=Path(args.initrd) if args.initrd else None,
+        architecture=args.arch,
+        guest_os=args.os,
+        description=args.description or "",
+        filesystem=args.filesystem,
+        cmdline=args.cmdline,
+        script_template=Path(args.script_template) if args.script_template else None,
+        disk_format=args.format,
+        replace=args.replace,
+    )
+    print(f"base '{base.name}' registered: sha256 {base.sha256}")
+    return 0
+
+
+def cmd_base_remove(args: argparse.Namespace, extra: list[str]) -> int:
+    cat = _catalog(args.catalog)
+    base = cat.get(args.name)
+    cat.remove(base.name)
+    print(f"base '{base.name}' removed from {cat.path} (its files are left in {base.location})")
+    return 0
+
+
+# -- doctor / cache ------------------------------------------------------------------------
+
+
+def cmd_doctor(args: argparse.Namespace, extra: list[str]) -> int:
+    from vmwu.doctor import diagnose, format_report
+
+    report = diagnose(catalog=args.catalog)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0 if report["ok"] else int(ExitCode.MISSING_TOOL)
+
+
+def cmd_cache(args: argparse.Namespace, extra: list[str]) -> int:
+    from vmwu import paths
+    from vmwu.cache import NodeCache
+    from vmwu.sizes import format_size
+
+    cache = NodeCache()
+    if args.action == "clean":
+        cache.clear()
+        print(f"removed {cache.root}")
+    else:
+        print(f"{cache.root}  {format_size(paths.dir_size(cache.root))}")
+    return 0
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="vmwu",
+        allow_abbrev=False,
+        description="Virtual Machine Work Units: pack an application into a VM work unit, run it many times under QEMU.",
+    )
+    p.add_argument("--version", action="version", version=f"vmwu {__version__}")
+    p.add_argument(
+        "--debug", action="store_true", help="log every external command; tracebacks on errors"
+    )
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sub.add_parser("pack", help="pack an application into a work unit (.ova)", add_help=False)
+
+    sub.add_parser("run", help="launch one instance of a work unit", add_help=False)
+
+    s = sub.add_parser("extract", help="copy the files out of an output image or a unit's disk")
+    s.add_argument("image", help="an output image (raw/qcow2) or a .ova")
+    s.add_argument("dest", help="directory to copy the files into")
+    s.add_argument(
+        "--component", default="output-disk", help="for a .ova: output-disk (default) or app-disk"
+    )
+    s.set_defaults(func=cmd_extract)
+
+    s = sub.add_parser("inspect", help="summarise a unit and verify its manifest")
+    s.add_argument("unit")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--no-verify", action="store_true", help="skip hashing the members")
+    s.set_defaults(func=cmd_inspect)
+
+    s = sub.add_parser("doctor", help="check tools, accelerator, catalog and cache")
+    s.add_argument("--catalog")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_doctor)
+
+    s = sub.add_parser("cache", help="show or clean the node cache")
+    s.add_argument("action", choices=("info", "clean"), nargs="?", default="info")
+    s.set_defaults(func=cmd_cache)
+
+    b = sub.add_parser("base", help="base images: build, list, show, add, remove")
+    bsub = b.add_subparsers(dest="base_command", required=True, parser_class=_Parser)
+    s = bsub.add_parser("build", help="build a base from distribution packages and register it")
+    s.add_argument("kind", choices=("tiny",))
+    s.add_argument("--name")
+    s.add_argument("--kernel-deb", help="use this linux-image .deb instead of downloading one")
+    s.add_argument("--busybox-deb", help="use this busybox-static .deb instead of downloading one")
+    s.add_argument("--replace", action="store_true")
+    s.add_argument("--catalog")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_base_build)
+    s = bsub.add_parser("list", help="list the catalog")
+    s.add_argument("--catalog")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_base_list)
+    s = bsub.add_parser("show", help="show one base")
+    s.add_argument("name")
+    s.add_argument("--catalog")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_base_show)
+    s = bsub.add_parser("add", help="register existing image files as a base")
+    s.add_argument("name")
+    s.add_argument("disk", nargs="?", help="a bootable disk image (boot method: disk)")
+    s.add_argument("--kernel", help="kernel for direct boot (with --initrd)")
+    s.add_argument("--initrd")
+    s.add_argument("--cmdline", default="", help="kernel command line for direct boot")
+    s.add_argument("--arch", default="x86_64")
+    s.add_argument("--os", default="linux")
+    s.add_argument("--format", help="disk format (default: detected by qemu-img)")
+    s.add_argument("--filesystem", default="ext4")
+    s.add_argument("--script-template")
+    s.add_argument("--description")
+    s.add_argument("--replace", action="store_true")
+    s.add_argument("--catalog")
+    s.set_defaults(func=cmd_base_add)
+    s = bsub.add_parser("remove", help="remove a base from the catalog")
+    s.add_argument("name")
+    s.add_argument("--catalog")
+    s.set_defaults(func=cmd_base_remove)
+    return p
+
+
+RUN_HELP = """usage: vmwu run UNIT.ova [--OPTION VALUE ...] [-- ARGS ...]
+
+Launch one instance of a work unit. ARGS become the instance parameters (/cdrom/param).
+Options (thesis Appendix D names; -name value also works; --config FILE reads them):
+"""
+
+
+PACK_HELP = """usage: vmwu pack SPEC [-o UNIT.ova] [--catalog FILE] [-q] [--OPTION VALUE ...]
+
+Pack SPEC (vmwu.toml, or a thesis-style .gvap) into a work unit, ./PACKAGE-NAME.ova by
+default. Every spec option can be given or overridden on the command line (thesis
+Appendix A names; -name value also works):
+"""
+
+
+def _pack_help() -> str:
+    from vmwu.spec import OPTIONS
+
+    lines = [PACK_HELP]
+    for o in OPTIONS:
+        lines.append(f"  --{o.name:<34} {o.help}")
+    return "\n".join(lines)
+
+
+def _run_help() -> str:
+    from vmwu.runopts import OPTIONS
+
+    lines = [RUN_HELP]
+    for o in OPTIONS:
+        lines.append(f"  --{o.name:<24} {o.help}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    debug = (
+        "--debug" in args_list[: args_list.index("--")]
+        if "--" in args_list
+        else "--debug" in args_list
+    )
+    if debug:
+        args_list.remove("--debug")
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        # pack and run take free-form --OPTION VALUE lists (thesis appendices A and D)
+        command = args_list[0] if args_list else ""
+        if command in ("pack", "run"):
+            rest = args_list[1:]
+            if rest[:1] in (["-h"], ["--help"]):
+                print(_pack_help() if command == "pack" else _run_help())
+                return 0
+            func = cmd_pack if command == "pack" else cmd_run
+            return int(func(argparse.Namespace(), rest))
+        ns = build_parser().parse_args(args_list)
+        return int(ns.func(ns, []))
+    except VmwuError as exc:
+        if debug:
+            log.exception("vmwu failed")
+        print(f"vmwu: error: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        print("vmwu: interrupted", file=sys.stderr)
+        return int(ExitCode.INTERRUPTED)
+    except BrokenPipeError:
+        return 0
+    except Exception:  # a bug: say so, with the traceback only under --debug
+        if debug:
+            raise
+        import traceback
+
+        last = traceback.format_exc().strip().splitlines()[-1]
+        print(
+            f"vmwu: internal error: {last} (a bug in vmwu {__version__}; rerun with --debug and report it)",
+            file=sys.stderr,
+        )
+        return int(ExitCode.INTERNAL)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

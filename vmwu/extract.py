@@ -1,0 +1,114 @@
+"""``vmwu extract`` and ``vmwu inspect``: read units and output images without root."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from vmwu.errors import BadInput
+from vmwu.images import ext4, qemu_img
+from vmwu.ova import OvaReader
+from vmwu.sizes import format_size
+from vmwu.unit import FileRole
+
+
+def _is_ova(path: Path) -> bool:
+    import tarfile
+
+    return path.suffix in (".ova", ".gz", ".tar") or tarfile.is_tarfile(path)
+
+
+def extract(image: Path, dest: Path, *, component: str = "output-disk") -> list[Path]:
+    """Copy the files of an output image (raw or qcow2), or of a unit's disk, into
+    ``dest``."""
+    if not image.is_file():
+        raise BadInput(f"{image} does not exist")
+    with tempfile.TemporaryDirectory(prefix="vmwu-extract-") as tmp_str:
+        tmp = Path(tmp_str)
+        if _is_ova(image):
+            try:
+                role = FileRole(component)
+            except ValueError:
+                raise BadInput(
+                    f"unknown component {component!r}: use output-disk or app-disk"
+                ) from None
+            with OvaReader(image) as reader:
+                f = reader.descriptor.file(role)
+                if f is None or not f.embedded:
+                    raise BadInput(f"{image} has no embedded {component}")
+                disk = tmp / f.href
+                reader.extract(f.href, disk)
+                fmt = f.format
+        else:
+            disk = image
+            info = qemu_img.info(image)
+            fmt = str(info.get("format", "raw"))
+        raw = disk
+        if fmt != "raw":
+            raw = tmp / "disk.raw"
+            qemu_img.convert(disk, raw, src_format=fmt, dst_format="raw")
+        written = ext4.read_tree(raw, dest)
+    return written
+
+
+def inspect_unit(path: Path, *, verify: bool = True) -> dict[str, Any]:
+    """The unit's OVF summary; with ``verify``, every member hashed against the manifest."""
+    with OvaReader(path) as reader:
+        if verify:
+            reader.verify()
+        d = reader.descriptor
+        return {
+            "name": d.name,
+            "description": d.description,
+            "memory_mib": d.memory_mib,
+            "cpus": d.cpus,
+            "app_launch": d.app_launch,
+            "base": {
+                "name": d.base.name,
+                "sha256": d.base.sha256,
+                "architecture": d.base.architecture,
+                "guest_os": d.base.guest_os,
+                "boot_method": d.base.boot_method.value,
+                "embedded": all(
+                    f.embedded
+                    for f in d.files
+                    if f.role in (FileRole.KERNEL, FileRole.INITRD, FileRole.BASE_DISK)
+                ),
+            },
+            "files": [
+                {
+                    "role": f.role.value,
+                    "href": f.href,
+                    "format": f.format,
+                    "size": f.size,
+                    "capacity": f.capacity,
+                    "embedded": f.embedded,
+                    "sha256": f.sha256,
+                }
+                for f in d.files
+            ],
+            "unit_size": path.stat().st_size,
+            "manifest": "verified" if verify else "not checked",
+            "vmwu_version": d.vmwu_version,
+        }
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    base = s["base"]
+    lines = [
+        f"unit        {s['name']}  ({format_size(s['unit_size'])})",
+        f"launch      {s['app_launch']}",
+        f"hardware    {s['cpus']} CPU, {s['memory_mib']} MiB",
+        f"base        {base['name']} ({base['architecture']}, {base['guest_os']}, "
+        f"{base['boot_method']}), {'embedded' if base['embedded'] else 'referenced'}, "
+        f"sha256 {base['sha256'][:16]}…",
+    ]
+    for f in s["files"]:
+        cap = f", capacity {format_size(f['capacity'])}" if f["capacity"] else ""
+        where = "embedded" if f["embedded"] else "referenced"
+        lines.append(
+            f"  {f['role']:<12} {f['href']:<28} {f['format']:<8} {format_size(f['size']):>10}{cap}  {where}"
+        )
+    lines.append(f"manifest    {s['manifest']}")
+    return "\n".join(lines)

@@ -1,0 +1,168 @@
+"""ext2/3/4 file systems in image files, without mounting anything.
+
+Filling: ``mkfs.ext4 -d`` copies a staged folder into a fresh image. Reading back:
+``debugfs -R rdump``. Both run as an ordinary user.
+
+Reproducibility: mke2fs takes inode ctimes from the staged files (which we cannot set), so
+after filling we rewrite every used inode's ctime with ``debugfs -w`` and pin the UUID,
+hash seed and creation time; the same staged tree then gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from vmwu import tools
+from vmwu.errors import BadInput, HostDiskFull
+
+FILESYSTEMS = ("ext2", "ext3", "ext4")
+
+# Deterministic identity for every file system vmwu makes; the label tells disks apart.
+_FIXED_UUIDS = {
+    "VMWU-APP": "7c6e0a5e-0000-4000-8000-00000000a001",
+    "VMWU-OUT": "7c6e0a5e-0000-4000-8000-00000000a002",
+}
+_HASH_SEED = "7c6e0a5e-0000-4000-8000-0000000000ff"
+_FIRST_INODE = 11  # lost+found; mke2fs -d allocates the tree's inodes right after it
+
+
+def content_size(src: Path) -> tuple[int, int]:
+    """Bytes of data (rounded up to 4 KiB blocks) and number of inodes under ``src``."""
+    data = 0
+    inodes = 1
+    for root, dirs, files in os.walk(src):
+        inodes += len(dirs) + len(files)
+        for name in files + dirs:
+            st = os.lstat(os.path.join(root, name))
+            data += (st.st_size + 4095) // 4096 * 4096
+    return data, inodes
+
+
+def image_size_for(src: Path | None, extra: int) -> int:
+    """A size for an image holding ``src`` plus ``extra`` free bytes (metadata included)."""
+    data, inodes = content_size(src) if src else (0, 1)
+    # inode tables (256 B each, with head room), group descriptors and bitmaps; ~3 % + 2 MiB
+    # keeps small images bootable and large ones tight.
+    overhead = inodes * 512 + data // 32 + 2 * 1024 * 1024
+    size = data + extra + overhead
+    return (size + 1024 * 1024 - 1) // (1024 * 1024) * (1024 * 1024)
+
+
+def make_image(
+    image: Path,
+    size: int,
+    *,
+    label: str,
+    src: Path | None = None,
+    fstype: str = "ext4",
+    epoch: int = 946684800,
+) -> None:
+    """Create a raw image of ``size`` bytes holding an ``fstype`` file system labelled
+    ``label``, filled from ``src`` if given. Every timestamp is ``epoch``."""
+    if fstype not in FILESYSTEMS:
+        raise BadInput(f"unsupported file system {fstype!r}: use one of {', '.join(FILESYSTEMS)}")
+    uuid = _FIXED_UUIDS.get(label, "7c6e0a5e-0000-4000-8000-00000000a0ff")
+    try:
+        with open(image, "wb") as fh:
+            fh.truncate(size)
+    except OSError as exc:
+        raise HostDiskFull(str(image.parent)) if exc.errno == 28 else exc
+    # No journal: instances are thrown away or read back by debugfs, which does not replay
+    # a journal; without one, what the guest synced is what we read.
+    argv: list[str | os.PathLike[str]] = [
+        "mkfs.ext4" if fstype == "ext4" else "mke2fs",
+        "-q",
+        "-F",
+        "-t",
+        fstype,
+        "-L",
+        label,
+        "-U",
+        uuid,
+        "-m",
+        "0",
+        "-E",
+        f"hash_seed={_HASH_SEED},root_owner=0:0,lazy_itable_init=0,nodiscard",
+    ]
+    if fstype != "ext2":
+        argv += ["-O", "^has_journal"]
+    if src is not None:
+        argv += ["-d", src]
+    argv.append(image)
+    env = {"E2FSPROGS_FAKE_TIME": str(epoch), "MKE2FS_CONFIG": "/dev/null"}
+    tools.run(argv, env=env, disk_hint=str(image.parent))
+    if src is not None:
+        _pin_ctimes(image, src, epoch)
+
+
+def _pin_ctimes(image: Path, src: Path, epoch: int) -> None:
+    _data, inodes = content_size(src)
+    used = [2] + list(range(_FIRST_INODE, _FIRST_INODE + inodes))
+    # "@N" is debugfs's syntax for seconds since the epoch (a bare number is a date string).
+    cmds = "".join(
+        f"sif <{i}> {field} @{epoch}\n"
+        for i in used
+        for field in ("atime", "mtime", "ctime", "crtime")
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".debugfs", delete=False) as fh:
+        fh.write(cmds)
+        script = fh.name
+    try:
+        tools.run(
+            ["debugfs", "-w", "-f", script, image],
+            env={"E2FSPROGS_FAKE_TIME": str(epoch)},
+            disk_hint=str(image.parent),
+        )
+    finally:
+        os.unlink(script)
+
+
+def read_tree(image: Path, dest: Path, *, skip: tuple[str, ...] = ("lost+found",)) -> list[Path]:
+    """Copy every file of the file system in ``image`` into ``dest`` (created), without
+    mounting. Returns the top-level entries written. Symlinks are recreated as symlinks
+    (never followed); ``skip`` names top-level entries to leave out."""
+    dest.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".vmwu-rdump-", dir=dest))
+    try:
+        # rdump writes "<dest>/<basename of the source dir>"; dumping "/" gives the tree
+        # directly inside scratch. -p keeps owner/mode where possible.
+        tools.run(["debugfs", "-R", f"rdump / {scratch}", image], disk_hint=str(dest))
+        written: list[Path] = []
+        for entry in sorted(scratch.iterdir()):
+            if entry.name in skip:
+                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink()
+                continue
+            target = dest / entry.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+            os.replace(entry, target)
+            written.append(target)
+        return written
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def read_file(image: Path, path: str) -> bytes | None:
+    """Contents of one file in the image (``None`` if it does not exist)."""
+    proc = tools.run(["debugfs", "-R", f"cat {path}", image], check=False)
+    err = proc.stderr.decode(errors="replace")
+    if proc.returncode != 0 or "File not found" in err:
+        return None
+    return proc.stdout
+
+
+def free_bytes(image: Path) -> int | None:
+    """Free bytes of the file system in ``image`` per its superblock."""
+    out = tools.run(["debugfs", "-R", "stats", image], check=False).stdout.decode()
+    free = block = None
+    for line in out.splitlines():
+        if line.startswith("Free blocks:"):
+            free = int(line.split(":")[1])
+        elif line.startswith("Block size:"):
+            block = int(line.split(":")[1])
+    return free * block if free is not None and block is not None else None

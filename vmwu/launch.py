@@ -1,0 +1,538 @@
+"""One instance of a work unit: cache, overlays, instance ISO, boot, watch, collect.
+
+``run_unit(options)`` returns a :class:`RunResult` whatever happens inside the guest; it
+raises only for bad input found before anything started. Outputs, ``console.log`` and
+``status.json`` always land in the output directory, also when the guest failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vmwu import __version__
+from vmwu.cache import NodeCache
+from vmwu.catalog import Catalog
+from vmwu.errors import (
+    BadInput,
+    BaseNotFound,
+    ExitCode,
+    GuestNeverBooted,
+    GuestTimeout,
+    Interrupted,
+    OutputDiskFull,
+    VMCrashed,
+    VmwuError,
+)
+from vmwu.events import EventReader, InstanceState, Phase
+from vmwu.images import ext4, qemu_img
+from vmwu.images.iso import IsoEntry, write_iso
+from vmwu.instance_files import cdrom_entries
+from vmwu.ova import OvaReader
+from vmwu.params import param_entries
+from vmwu.resolve import ResolvedDisks, resolve_files
+from vmwu.unit import BootMethod, UnitDescriptor
+from vmwu.vmm import accel as accel_mod
+from vmwu.vmm.qemu import Drive, DriveKind, MachineConfig, QemuMachine, build_argv
+
+log = logging.getLogger(__name__)
+
+# Files vmwu itself writes into the output directory.
+CONSOLE_LOG = "console.log"
+STATUS_JSON = "status.json"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Launcher options (thesis Appendix D plus vmwu's own)."""
+
+    unit: Path
+    args: tuple[str, ...] = ()
+    files: tuple[Path, ...] = ()
+    files_destination: tuple[str, ...] = ()
+    output_directory: Path | None = None  # default: ./<unit name>-output
+    output_filename: str | None = None  # keep the output disk image under this name
+    base_image: str | None = None
+    input_image: Path | None = None
+    output_image: Path | None = None
+    cdrom_image: Path | None = None
+    cdrom_as_hard_disk: bool | None = None
+    parameters_filename: str = "param"
+    instance_script: Path | None = None
+    instance_post_script: Path | None = None
+    overwrite: bool = False
+    vmm_architecture: str | None = None
+    vmm_executable: str | None = None
+    vmm_directory: Path | None = None
+    vmm_local: bool = False
+    vmm_graphics: bool = False
+    vmm_memory: int | None = None  # MiB
+    vmm_no_virtualisation: bool = False
+    accel: str = "auto"
+    cpus: int | None = None
+    timeout: float | None = None
+    boot_timeout: float = 120.0  # the agent must report "booted" within this
+    keep: bool = False
+    print_cmdline: bool = False
+    catalog: Path | None = None
+    cache_dir: Path | None = None
+
+
+@dataclass
+class RunResult:
+    exit_code: int
+    output_dir: Path
+    status: dict[str, Any]
+    error: VmwuError | None = None
+    cmdline: list[str] = field(default_factory=list)
+
+
+Update = Callable[[InstanceState], None]
+
+
+def default_output_dir(unit_name: str) -> Path:
+    return Path.cwd() / f"{unit_name}-output"
+
+
+def check_output_dir(path: Path) -> None:
+    """The output directory must be new or empty, and writable."""
+    if path.exists():
+        if not path.is_dir():
+            raise BadInput(f"output directory {path} exists and is not a directory")
+        if any(path.iterdir()):
+            raise BadInput(
+                f"output directory {path} is not empty",
+                hint="choose another --output-directory or remove it",
+            )
+    else:
+        try:
+            path.mkdir(parents=True)
+        except OSError as exc:
+            raise BadInput(f"cannot create output directory {path}: {exc.strerror}") from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise BadInput(f"output directory {path} is not writable")
+
+
+def _check_inputs(opts: RunOptions) -> None:
+    if not opts.unit.is_file():
+        raise BadInput(f"work unit {opts.unit} does not exist")
+    for f in opts.files:
+        if not f.is_file():
+            raise BadInput(f"--files: {f} does not exist or is not a file")
+    if opts.files_destination and len(opts.files_destination) != len(opts.files):
+        raise BadInput(
+            f"--files-destination names {len(opts.files_destination)} destinations "
+            f"for {len(opts.files)} files",
+            hint="give one destination per file, comma-separated, in the same order",
+        )
+    for opt_name, path in (
+        ("--input-image", opts.input_image),
+        ("--output-image", opts.output_image),
+        ("--cdrom-image", opts.cdrom_image),
+        ("--instance-script", opts.instance_script),
+        ("--instance-post-script", opts.instance_post_script),
+    ):
+        if path is not None and not path.is_file():
+            raise BadInput(f"{opt_name}: {path} does not exist")
+    if opts.cpus is not None and opts.cpus < 1:
+        raise BadInput(f"--cpus must be at least 1, got {opts.cpus}")
+    if opts.timeout is not None and opts.timeout <= 0:
+        raise BadInput(f"--timeout must be positive, got {opts.timeout}")
+
+
+def _qemu_executable(opts: RunOptions) -> tuple[str | None, Path | None]:
+    """(executable, firmware dir) from vmm-executable / vmm-directory / vmm-local."""
+    exe = opts.vmm_executable
+    bios: Path | None = None
+    if opts.vmm_directory is not None:
+        name = exe or "qemu-system-x86_64"
+        candidate = opts.vmm_directory / name
+        if opts.vmm_local or exe is None or not shutil.which(name):
+            exe = os.fspath(candidate)
+        for sub in ("pc-bios", "share/qemu"):
+            if (opts.vmm_directory / sub).is_dir():
+                bios = opts.vmm_directory / sub
+    return exe, bios
+
+
+def instance_cmdline(desc: UnitDescriptor, with_cdrom: bool, cdrom_fs: str = "iso9660") -> str:
+    """The base's kernel command line plus the agent's settings (vmwu.KEY=VALUE)."""
+    parts = [desc.base.cmdline] if desc.base.cmdline else []
+    layout = desc.layout
+    for key, value, default in (
+        ("app", layout.app_dir, "/app"),
+        ("out", layout.output_dir, "/output"),
+        ("cdrom", layout.cdrom_dir, "/cdrom"),
+    ):
+        if value != default:
+            if any(c.isspace() for c in value):
+                raise BadInput(f"guest directory {value!r} contains white space")
+            parts.append(f"vmwu.{key}={value}")
+    labels = ["VMWU-APP", "VMWU-OUT"] + (["VMWU-INST"] if with_cdrom else [])
+    parts.append("vmwu.wait=" + ",".join(labels))
+    return " ".join(parts)
+
+
+def _iso_entries(opts: RunOptions) -> list[IsoEntry]:
+    entries = param_entries(list(opts.args), opts.parameters_filename)
+    entries += cdrom_entries(
+        files=opts.files,
+        destinations=opts.files_destination,
+        instance_script=opts.instance_script,
+        instance_post_script=opts.instance_post_script,
+        cdrom_image=opts.cdrom_image,
+    )
+    return entries
+
+
+def _prepare_disks(inst: Path, disks: ResolvedDisks, opts: RunOptions) -> list[Drive]:
+    """Overlays over the cached read-only images; a fresh raw output disk."""
+    drives: list[Drive] = []
+    if disks.base_disk is not None:
+        overlay = inst / "base.qcow2"
+        qemu_img.create_overlay(
+            disks.base_disk.path, overlay, backing_format=disks.base_disk.format
+        )
+        drives.append(Drive("base", overlay, "qcow2"))
+    app = inst / "app.qcow2"
+    qemu_img.create_overlay(disks.app_disk.path, app, backing_format=disks.app_disk.format)
+    drives.append(Drive("app", app, "qcow2"))
+    # The output disk is raw so that debugfs can read it back without a conversion.
+    out = inst / "output.raw"
+    qemu_img.convert(
+        disks.output_disk.path, out, src_format=disks.output_disk.format, dst_format="raw"
+    )
+    drives.append(Drive("out", out, "raw"))
+    return drives
+
+
+def run_unit(opts: RunOptions, *, on_update: Update | None = None) -> RunResult:
+    t_begin = time.monotonic()
+    _check_inputs(opts)
+    cache = NodeCache(opts.cache_dir)
+    with OvaReader(opts.unit) as reader:
+        desc = reader.descriptor
+        out_dir = (opts.output_directory or default_output_dir(desc.name)).absolute()
+        if not opts.print_cmdline:
+            check_output_dir(out_dir)
+        catalog = Catalog.open(opts.catalog)
+        disks = resolve_files(desc, reader, cache, catalog, base_override=opts.base_image)
+    arch = opts.vmm_architecture or desc.base.architecture
+    if opts.vmm_no_virtualisation:
+        choice = accel_mod.choose("tcg", guest_arch=arch)
+        choice = accel_mod.AccelChoice("tcg", "TCG: vmm-no-virtualisation is set")
+    else:
+        choice = accel_mod.choose(opts.accel, guest_arch=arch)
+
+    inst = cache.new_instance_dir(desc.name)
+    state = InstanceState()
+    result: RunResult | None = None
+    machine: QemuMachine | None = None
+    try:
+        drives = _prepare_disks(inst, disks, opts)
+        iso = inst / "instance.iso"
+        write_iso(iso, _iso_entries(opts))
+        as_disk = opts.cdrom_as_hard_disk
+        if as_disk is None:
+            as_disk = desc.base.cdrom_as_hard_disk
+        drives.append(
+            Drive(
+                "inst",
+                iso,
+                "raw",
+                read_only=True,
+                kind=DriveKind.DISK if as_disk else DriveKind.CDROM,
+            )
+        )
+        exe, bios = _qemu_executable(opts)
+        cfg = MachineConfig(
+            arch=arch,
+            accel=choice.accel,
+            memory_mib=opts.vmm_memory or desc.memory_mib,
+            cpus=opts.cpus or desc.cpus,
+            kernel=disks.kernel,
+            initrd=disks.initrd,
+            cmdline=instance_cmdline(desc, True)
+            if desc.base.boot_method == BootMethod.DIRECT_KERNEL
+            else "",
+            drives=tuple(drives),
+            console_log=inst / CONSOLE_LOG,
+            events_log=inst / "events.jsonl",
+            qmp_socket=inst / "qmp.sock",
+            graphics=opts.vmm_graphics,
+            executable=exe,
+            bios_dir=bios,
+        )
+        if opts.print_cmdline:
+            argv = build_argv(cfg)
+            return RunResult(0, out_dir, {}, cmdline=argv)
+        machine = QemuMachine(cfg, log_path=inst / "qemu.log")
+        timeout = opts.timeout if opts.timeout is not None else desc.timeout
+        t_launch = time.monotonic()
+        machine.launch()
+        state.qemu_started = machine.started_at
+        state.phase = Phase.BOOTING
+        error = _watch(
+            machine,
+            EventReader(cfg.events_log or inst / "events.jsonl"),
+            state,
+            timeout,
+            opts.boot_timeout,
+            on_update,
+        )
+        t_exit = time.monotonic()
+        result = _collect(opts, desc, inst, out_dir, machine, state, error, cfg)
+        timings = result.status.setdefault("timings", {})
+        timings["prepare"] = round(t_launch - t_begin, 3)
+        timings["qemu"] = round(t_exit - t_launch, 3)
+        timings["collect"] = round(time.monotonic() - t_exit, 3)
+        result.status["accel"] = choice.accel
+        result.status["accel_reason"] = choice.reason
+        result.cmdline = machine.argv
+        _write_status(out_dir, result.status)
+        if opts.overwrite and result.error is None:
+            from vmwu.overwrite import overwrite_unit
+
+            overwrite_unit(opts.unit, desc, inst, cache, mtime=int(time.time()))
+        return result
+    except KeyboardInterrupt:
+        if machine is not None:
+            machine.shutdown(timeout=2.0)
+        err = Interrupted("interrupted; partial outputs kept in " + str(out_dir))
+        _salvage(inst, out_dir, err)
+        raise err from None
+    finally:
+        if machine is not None:
+            machine.shutdown(timeout=2.0)
+        if opts.keep:
+            log.info("instance directory kept: %s", inst)
+        else:
+            shutil.rmtree(inst, ignore_errors=True)
+        state.phase = Phase.DONE
+
+
+def _watch(
+    machine: QemuMachine,
+    events: EventReader,
+    state: InstanceState,
+    timeout: float | None,
+    boot_timeout: float,
+    on_update: Update | None,
+) -> VmwuError | None:
+    """Follow the guest until QEMU exits; stop it on timeout. Returns the error that
+    stopped it early (timeout), else None."""
+    start = machine.started_at
+    last_update = 0.0
+    while True:
+        code = machine.poll()
+        now = time.monotonic()
+        for event in events.read():
+            state.apply(event, now)
+        if code is not None:
+            return None
+        if timeout is not None and now - start > timeout:
+            machine.shutdown(timeout=2.0)
+            for event in events.read():
+                state.apply(event, time.monotonic())
+            return GuestTimeout(
+                f"the instance ran longer than --timeout {timeout:g} s and was stopped"
+            )
+        if state.booted_at is None and now - start > boot_timeout:
+            machine.shutdown(timeout=2.0)
+            return GuestNeverBooted(
+                f"the guest did not reach the vmwu agent within {boot_timeout:g} s"
+            )
+        if on_update is not None and now - last_update >= 0.1:
+            on_update(state)
+            last_update = now
+        machine.wait_exit_event(0.02)
+
+
+def _console_tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    rows = [r.strip() for r in text.replace("\r", "").splitlines() if r.strip()]
+    return " | ".join(rows[-lines:])
+
+
+def _classify(
+    state: InstanceState,
+    early: VmwuError | None,
+    machine: QemuMachine,
+    console: Path,
+    out_dir: Path,
+) -> VmwuError | None:
+    """What went wrong, if anything, from what the host saw."""
+    console_hint = f"see {out_dir / CONSOLE_LOG}"
+    if early is not None:
+        tail = _console_tail(console)
+        early.hint = f"console: {tail}; {console_hint}" if tail else console_hint
+        return early
+    if state.exit_code is not None:
+        if state.disk_full:
+            return OutputDiskFull(
+                f"the output disk filled up inside the guest (the app exited with {state.exit_code})",
+                hint=f"raise app-output-size and re-pack; partial outputs kept in {out_dir}",
+            )
+        return None
+    tail = _console_tail(console)
+    try:
+        text = console.read_text(errors="replace")
+    except OSError:
+        text = ""
+    if state.agent_error:
+        return GuestNeverBooted(f"the vmwu agent failed: {state.agent_error}", hint=console_hint)
+    if "Kernel panic" in text:
+        line = next((r for r in text.splitlines() if "Kernel panic" in r), "Kernel panic")
+        cls: type[VmwuError] = GuestNeverBooted if state.booted_at is None else VMCrashed
+        return cls(f"the guest kernel panicked: {line.strip()}", hint=console_hint)
+    if machine.returncode not in (0, None):
+        return VMCrashed(
+            f"QEMU exited with status {machine.returncode}: {machine.qemu_log_tail() or tail}",
+            hint=console_hint,
+        )
+    if state.booted_at is None:
+        return GuestNeverBooted(
+            "the guest stopped before the vmwu agent started" + (f": {tail}" if tail else ""),
+            hint=console_hint,
+        )
+    return VMCrashed(
+        "the guest stopped without reporting the application's exit"
+        + (f": {tail}" if tail else ""),
+        hint=console_hint,
+    )
+
+
+def _collect(
+    opts: RunOptions,
+    desc: UnitDescriptor,
+    inst: Path,
+    out_dir: Path,
+    machine: QemuMachine,
+    state: InstanceState,
+    early: VmwuError | None,
+    cfg: MachineConfig,
+) -> RunResult:
+    console = inst / CONSOLE_LOG
+    error = _classify(state, early, machine, console, out_dir)
+    out_disk = inst / "output.raw"
+    guest_status: dict[str, Any] = {}
+    collect_error: VmwuError | None = None
+    try:
+        written = ext4.read_tree(out_disk, out_dir, skip=("lost+found",))
+        for entry in written:
+            if entry.name in (CONSOLE_LOG, STATUS_JSON):
+                entry.rename(out_dir / f"{entry.name}.app")
+        state_dir = out_dir / ".vmwu"
+        if (state_dir / "status.json").is_file():
+            try:
+                guest_status = json.loads((state_dir / "status.json").read_text())
+            except ValueError:
+                guest_status = {"unreadable": True}
+        shutil.rmtree(state_dir, ignore_errors=True)
+    except VmwuError as exc:
+        collect_error = exc
+    if opts.output_filename:
+        _keep_output_image(out_disk, out_dir / opts.output_filename)
+    shutil.copyfile(console, out_dir / CONSOLE_LOG) if console.exists() else None
+    if error is None and collect_error is not None:
+        error = collect_error
+    app_code = state.exit_code
+    if app_code is None and isinstance(guest_status.get("exit_code"), int):
+        app_code = guest_status["exit_code"]
+    exit_code = (
+        int(error.exit_code)
+        if error is not None
+        else (app_code if app_code is not None else int(ExitCode.VM_CRASHED))
+    )
+    qemu_s = (machine.exited_at or time.monotonic()) - machine.started_at
+    timings: dict[str, float | None] = {
+        "boot": _delta(machine.started_at, state.started_at),
+        "app": _delta(state.started_at, state.exit_at),
+        "shutdown": _delta(state.exit_at, machine.exited_at or None),
+        "qemu": round(qemu_s, 3),
+    }
+    status: dict[str, Any] = {
+        "vmwu_version": __version__,
+        "unit": desc.name,
+        "unit_path": os.fspath(opts.unit.absolute()),
+        "node": socket.gethostname(),
+        "outcome": "vmwu-error" if error is not None else "app",
+        "exit_code": exit_code,
+        "app_exit_code": app_code,
+        "signal": guest_status.get("signal"),
+        "disk_full": state.disk_full,
+        "error": None
+        if error is None
+        else {"code": int(error.exit_code), "kind": type(error).__name__, "message": str(error)},
+        "params": list(opts.args),
+        "progress": state.fraction,
+        "timings": timings,
+        "qemu_peak_rss_kib": machine.peak_rss_kib,
+        "qemu_cpu_seconds": round(machine.cpu_seconds, 3),
+        "console_log": CONSOLE_LOG,
+        "guest": guest_status,
+        "cmdline": shlex.join(machine.argv),
+    }
+    return RunResult(exit_code, out_dir, status, error)
+
+
+def _delta(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None:
+        return None
+    return round(b - a, 3)
+
+
+def _keep_output_image(raw: Path, dest: Path) -> None:
+    if dest.suffix in (".qcow2", ".qcow"):
+        qemu_img.convert(raw, dest, src_format="raw", dst_format="qcow2", compress=True)
+    else:
+        # a sparse copy: an output disk is mostly empty
+        from vmwu import tools
+
+        tools.run(["cp", "--sparse=always", raw, dest], disk_hint=str(dest.parent))
+
+
+def _write_status(out_dir: Path, status: dict[str, Any]) -> None:
+    tmp = out_dir / f".{STATUS_JSON}.tmp"
+    tmp.write_text(json.dumps(status, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, out_dir / STATUS_JSON)
+
+
+def _salvage(inst: Path, out_dir: Path, err: VmwuError) -> None:
+    """Keep what we can after an interruption."""
+    try:
+        if (inst / CONSOLE_LOG).exists() and out_dir.is_dir():
+            shutil.copyfile(inst / CONSOLE_LOG, out_dir / CONSOLE_LOG)
+        if (inst / "output.raw").exists() and out_dir.is_dir():
+            ext4.read_tree(inst / "output.raw", out_dir)
+            shutil.rmtree(out_dir / ".vmwu", ignore_errors=True)
+        _write_status(
+            out_dir,
+            {
+                "vmwu_version": __version__,
+                "outcome": "vmwu-error",
+                "exit_code": int(err.exit_code),
+                "error": {
+                    "code": int(err.exit_code),
+                    "kind": type(err).__name__,
+                    "message": str(err),
+                },
+            },
+        )
+    except (OSError, VmwuError) as exc:
+        log.debug("salvage failed: %s", exc)
+
+
+__all__ = ["RunOptions", "RunResult", "run_unit", "BaseNotFound"]

@@ -1,0 +1,305 @@
+"""``vmwu pack``: a spec and an application folder in, a work unit (``.ova``) out.
+
+Steps (thesis 5.2.1): choose the base (named, or auto-sourced from the catalog), generate
+the auto-run script from its template, stage the application disk's tree (app folder at
+the root, input data under ``data/``, the script in the script-bin ``.vmwu/bin/``), build
+the application disk (ext4 via ``mkfs -d``, no mount) and the empty output disk, convert
+both to (compressed) qcow2, and write the ``.ova``: descriptor, manifest, disks, and the
+base's files when embedded. Everything is deterministic: same inputs, same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmwu import AGENT_VERSION, __version__, guest
+from vmwu.arch import canonical_arch
+from vmwu.catalog import BaseImage, Catalog, choose_base
+from vmwu.errors import BadInput, BaseNotFound
+from vmwu.images import ext4, qemu_img
+from vmwu.ova import default_href, file_sha256, write_ova
+from vmwu.spec import Spec
+from vmwu.template import render
+from vmwu.unit import BaseRef, BootMethod, FileRole, GuestLayout, UnitDescriptor, UnitFile
+
+log = logging.getLogger(__name__)
+
+Step = Callable[[str], None]
+# Every timestamp inside a unit (file systems, tar headers); SOURCE_DATE_EPOCH overrides.
+DEFAULT_EPOCH = 946684800  # 2000-01-01
+
+
+@dataclass(frozen=True)
+class PackResult:
+    path: Path
+    descriptor: UnitDescriptor
+    app_bytes: int  # size of the staged application tree
+    base: BaseImage
+
+
+def _epoch() -> int:
+    value = os.environ.get("SOURCE_DATE_EPOCH")
+    return int(value) if value and value.isdigit() else DEFAULT_EPOCH
+
+
+def _check_dirs(spec: Spec) -> None:
+    app = spec.app_import_dir
+    if not app.is_dir():
+        raise BadInput(
+            f"{spec.origin('app-import-dir')}: app-import-dir {app} "
+            + ("is not a directory" if app.exists() else "does not exist")
+        )
+    data = spec.input_import_dir
+    if data is not None:
+        if not data.is_dir():
+            raise BadInput(
+                f"{spec.origin('input-import-dir')}: input-import-dir {data} does not exist"
+            )
+        if (app / "data").exists():
+            raise BadInput(
+                f"{app}/data already exists, and input-import-dir would be copied there",
+                hint="rename one of them",
+            )
+
+
+def select_base(spec: Spec, catalog: Catalog, *, interactive: bool | None = None) -> BaseImage:
+    """The base named by ``base-image`` (catalog name, id, sha256, or a registered file),
+    or the one auto-sourced from ``app-architecture``/``app-os``."""
+    if spec.base_image:
+        path = Path(spec.base_image)
+        if not path.is_absolute():
+            path = spec.anchor("base-image") / path
+        if path.is_file():
+            sha, _size = file_sha256(path)
+            found = catalog.by_sha256(sha)
+            if found is None:
+                raise BaseNotFound(
+                    f"{spec.origin('base-image')}: base image file {path} is not in the catalog",
+                    hint=f"register it first: vmwu base add NAME {path}",
+                )
+            return found
+        return catalog.get(spec.base_image)
+    if not spec.base_image_autosource:
+        raise BadInput(
+            "no base image: set base-image, or base-image-autosource = 1",
+            hint="`vmwu base list` shows what the catalog has",
+        )
+    ask = spec.base_image_autosource_interaction if interactive is None else interactive
+    if ask and not sys.stdin.isatty():
+        raise BadInput(
+            f"{spec.origin('base-image-autosource-interaction')}: choosing a base interactively "
+            "needs a terminal",
+            hint="pass --base-image-autosource-interaction 0 to take the first match",
+        )
+    app_arch = canonical_arch(spec.app_architecture)
+    return choose_base(catalog, app_arch, spec.app_os, interactive=ask)
+
+
+def token_values(spec: Spec, base: BaseImage) -> dict[str, str]:
+    """Values of the 13 Appendix B tokens for this spec on this base."""
+    return {
+        "APPLICATION_DIRECTORY": spec.app_dir,
+        "INPUT_DIRECTORY": spec.app_dir.rstrip("/") + "/data",
+        "OUTPUT_DIRECTORY": spec.app_output_dir,
+        "CDROM_DIRECTORY": spec.app_cdrom_dir,
+        "WORKING_DIRECTORY": spec.app_working_dir or spec.app_output_dir,
+        "OUTPUT_FILESYSTEM_FORMAT": spec.base_image_filesystem or base.filesystem or "ext4",
+        "CDROM_FILESYSTEM_FORMAT": "iso9660",
+        "INPUT_MOUNT_DEVICE": spec.base_image_input_mount_device
+        or base.input_device
+        or "LABEL=VMWU-APP",
+        "OUTPUT_MOUNT_DEVICE": spec.base_image_output_mount_device
+        or base.output_device
+        or "LABEL=VMWU-OUT",
+        "CDROM_MOUNT_DEVICE": spec.base_image_cdrom_mount_device
+        or base.cdrom_device
+        or "LABEL=VMWU-INST",
+        "LAUNCHING_COMMAND": spec.app_launch,
+        "INSTANCE_COMMAND": spec.instance_script_cmd,
+        "INSTANCE_POST_COMMAND": spec.instance_post_script_cmd,
+    }
+
+
+def autorun_script(spec: Spec, base: BaseImage) -> str:
+    if spec.script_template is not None:
+        path = spec.script_template
+        if not path.is_file():
+            raise BadInput(
+                f"{spec.origin('script-template')}: script template {path} does not exist"
+            )
+        text, where = path.read_text(), str(path)
+    elif base.script_template and Path(base.script_template).is_file():
+        text, where = Path(base.script_template).read_text(), base.script_template
+    else:
+        text, where = guest.read(guest.DEFAULT_TEMPLATE).decode(), "built-in template"
+    return render(text, token_values(spec, base), where)
+
+
+def edit_script(script: str, spec: Spec) -> str:
+    """Open the script in the user's editor (text-editor, $VISUAL, $EDITOR, vi)."""
+    if not sys.stdin.isatty():
+        raise BadInput(
+            f"{spec.origin('edit-script')}: edit-script needs a terminal",
+            hint="pass --edit-script 0 when packing non-interactively",
+        )
+    editor = spec.text_editor or os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", delete=False) as fh:
+        fh.write(script)
+        path = fh.name
+    try:
+        argv = shlex.split(editor) + [path]
+        try:
+            code = subprocess.call(argv)
+        except OSError as exc:
+            raise BadInput(f"cannot start the editor {editor!r}: {exc.strerror}") from exc
+        if code != 0:
+            raise BadInput(f"the editor {editor!r} exited with {code}; nothing was packed")
+        return Path(path).read_text()
+    finally:
+        os.unlink(path)
+
+
+def stage_app(spec: Spec, script: str, dest: Path) -> None:
+    """The application disk's tree: app folder, data/, script-bin, unit info."""
+    shutil.copytree(spec.app_import_dir, dest, symlinks=True)
+    if spec.input_import_dir is not None:
+        shutil.copytree(spec.input_import_dir, dest / "data", symlinks=True)
+    bin_dir = dest / ".vmwu" / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    script_path = bin_dir / spec.script_name
+    script_path.write_text(script)
+    script_path.chmod(0o755)
+    info = {"package-name": spec.package_name, "app-launch": spec.app_launch, "vmwu": __version__}
+    (dest / ".vmwu" / "unit.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+
+
+def _disk(raw: Path, qcow: Path, *, compress: bool) -> None:
+    qemu_img.convert(raw, qcow, src_format="raw", dst_format="qcow2", compress=compress)
+    raw.unlink()
+
+
+def pack(
+    spec: Spec,
+    *,
+    output: Path | None = None,
+    catalog: Catalog,
+    embed_base: bool | None = None,
+    step: Step = lambda msg: None,
+    progress: Callable[[int, int], None] | None = None,
+) -> PackResult:
+    _check_dirs(spec)
+    step("choosing the base image")
+    base = select_base(spec, catalog)
+    script = autorun_script(spec, base)
+    if spec.edit_script:
+        script = edit_script(script, spec)
+    embed = spec.embed_base if embed_base is None else embed_base
+    out_path = (output or Path.cwd() / f"{spec.package_name}.ova").absolute()
+    epoch = _epoch()
+    name = spec.package_name
+    fstype = spec.base_image_filesystem or base.filesystem or "ext4"
+    with tempfile.TemporaryDirectory(prefix="vmwu-pack-", dir=out_path.parent) as tmp_str:
+        tmp = Path(tmp_str)
+        step("staging the application")
+        stage = tmp / "app"
+        stage_app(spec, script, stage)
+        app_bytes, _inodes = ext4.content_size(stage)
+        step("building the application disk")
+        app_raw = tmp / "app.raw"
+        app_size = ext4.image_size_for(stage, spec.app_buffer)
+        ext4.make_image(app_raw, app_size, label="VMWU-APP", src=stage, fstype=fstype, epoch=epoch)
+        app_href = default_href(name, FileRole.APP_DISK, "qcow2")
+        _disk(app_raw, tmp / app_href, compress=spec.compress)
+        step("building the output disk")
+        out_raw = tmp / "out.raw"
+        ext4.make_image(out_raw, spec.app_output_size, label="VMWU-OUT", fstype=fstype, epoch=epoch)
+        out_href = default_href(name, FileRole.OUTPUT_DISK, "qcow2")
+        _disk(out_raw, tmp / out_href, compress=spec.compress)
+
+        members: dict[str, Path] = {}
+        files: list[UnitFile] = []
+        for bf in base.files:
+            role = FileRole(bf.role)
+            href = default_href(name, role, bf.format) if embed else bf.path.name
+            if embed:
+                if not bf.path.is_file():
+                    raise BaseNotFound(f"file {bf.path} of base '{base.name}' is missing")
+                members[href] = bf.path
+            files.append(
+                UnitFile(
+                    id=role.value,
+                    href=href,
+                    role=role,
+                    sha256=bf.sha256,
+                    size=bf.size,
+                    embedded=embed,
+                    format=bf.format,
+                    capacity=_capacity(bf.path) if role == FileRole.BASE_DISK else None,
+                )
+            )
+        for href, role, capacity, label in (
+            (app_href, FileRole.APP_DISK, app_size, "VMWU-APP"),
+            (out_href, FileRole.OUTPUT_DISK, spec.app_output_size, "VMWU-OUT"),
+        ):
+            sha, size = file_sha256(tmp / href)
+            members[href] = tmp / href
+            files.append(
+                UnitFile(
+                    id=role.value,
+                    href=href,
+                    role=role,
+                    sha256=sha,
+                    size=size,
+                    embedded=True,
+                    format="qcow2",
+                    capacity=capacity,
+                    label=label,
+                    filesystem=fstype,
+                )
+            )
+        desc = UnitDescriptor(
+            name=name,
+            base=BaseRef(
+                name=base.name,
+                sha256=base.sha256,
+                architecture=base.architecture,
+                guest_os=base.guest_os,
+                boot_method=BootMethod(base.boot_method),
+                cmdline=base.cmdline,
+                agent_version=base.agent_version or AGENT_VERSION,
+                cdrom_as_hard_disk=base.cdrom_as_hard_disk
+                if spec.cdrom_as_hard_disk is None
+                else spec.cdrom_as_hard_disk,
+            ),
+            files=tuple(files),
+            memory_mib=spec.vmm_memory,
+            cpus=spec.vmm_cpus,
+            description=spec.description,
+            app_launch=spec.app_launch,
+            layout=GuestLayout(
+                app_dir=spec.app_dir,
+                output_dir=spec.app_output_dir,
+                cdrom_dir=spec.app_cdrom_dir,
+                script_name=spec.script_name,
+            ),
+            timeout=spec.timeout,
+            vmwu_version=__version__,
+        )
+        step(f"writing {out_path.name}")
+        write_ova(out_path, desc, members, mtime=epoch, progress=progress)
+    return PackResult(out_path, desc, app_bytes, base)
+
+
+def _capacity(path: Path) -> int | None:
+    size = qemu_img.info(path).get("virtual-size")
+    return int(size) if isinstance(size, int) else None
