@@ -93,8 +93,7 @@ class NodeCache:
         return final
 
     def new_instance_dir(self, name: str) -> Path:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = self._dir("instances") / f"{name}-{stamp}-{os.getpid()}-{secrets.token_hex(3)}"
+        path = self._dir("instances") / f"{name[:20]}-{os.getpid()}-{secrets.token_hex(3)}"
         path.mkdir()
         return path
 

@@ -13,6 +13,7 @@ import os
 import shlex
 import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -164,7 +165,7 @@ def _qemu_executable(opts: RunOptions) -> tuple[str | None, Path | None]:
     return exe, bios
 
 
-def instance_cmdline(desc: UnitDescriptor, with_cdrom: bool, cdrom_fs: str = "iso9660") -> str:
+def instance_cmdline(desc: UnitDescriptor, *, cdrom_scsi: bool = False) -> str:
     """The base's kernel command line plus the agent's settings (vmwu.KEY=VALUE)."""
     parts = [desc.base.cmdline] if desc.base.cmdline else []
     layout = desc.layout
@@ -177,9 +178,20 @@ def instance_cmdline(desc: UnitDescriptor, with_cdrom: bool, cdrom_fs: str = "is
             if any(c.isspace() for c in value):
                 raise BadInput(f"guest directory {value!r} contains white space")
             parts.append(f"vmwu.{key}={value}")
-    labels = ["VMWU-APP", "VMWU-OUT"] + (["VMWU-INST"] if with_cdrom else [])
-    parts.append("vmwu.wait=" + ",".join(labels))
+    if cdrom_scsi:
+        parts.append("vmwu.cdrom_dev=scsi")  # the tiny init loads the SCSI CD-ROM modules
     return " ".join(parts)
+
+
+def qmp_socket_path(inst: Path) -> Path:
+    """A unix socket path for QMP: in the instance dir when short enough (sun_path holds
+    107 bytes), else in a private directory under /tmp (removed with the instance)."""
+    path = inst / "qmp.sock"
+    if len(os.fsencode(path)) < 100:
+        return path
+    short = Path(tempfile.mkdtemp(prefix="vmwu-"))
+    (inst / "qmp-dir").symlink_to(short)
+    return short / "qmp.sock"
 
 
 def _iso_entries(opts: RunOptions) -> list[IsoEntry]:
@@ -202,16 +214,16 @@ def _prepare_disks(inst: Path, disks: ResolvedDisks, opts: RunOptions) -> list[D
         qemu_img.create_overlay(
             disks.base_disk.path, overlay, backing_format=disks.base_disk.format
         )
-        drives.append(Drive("base", overlay, "qcow2"))
+        drives.append(Drive("base", overlay, "qcow2", serial="VMWU-BASE"))
     app = inst / "app.qcow2"
     qemu_img.create_overlay(disks.app_disk.path, app, backing_format=disks.app_disk.format)
-    drives.append(Drive("app", app, "qcow2"))
+    drives.append(Drive("app", app, "qcow2", serial="VMWU-APP"))
     # The output disk is raw so that debugfs can read it back without a conversion.
     out = inst / "output.raw"
     qemu_img.convert(
         disks.output_disk.path, out, src_format=disks.output_disk.format, dst_format="raw"
     )
-    drives.append(Drive("out", out, "raw"))
+    drives.append(Drive("out", out, "raw", serial="VMWU-OUT"))
     return drives
 
 
@@ -244,15 +256,8 @@ def run_unit(opts: RunOptions, *, on_update: Update | None = None) -> RunResult:
         as_disk = opts.cdrom_as_hard_disk
         if as_disk is None:
             as_disk = desc.base.cdrom_as_hard_disk
-        drives.append(
-            Drive(
-                "inst",
-                iso,
-                "raw",
-                read_only=True,
-                kind=DriveKind.DISK if as_disk else DriveKind.CDROM,
-            )
-        )
+        kind = DriveKind.DISK if as_disk else DriveKind.CDROM
+        drives.append(Drive("inst", iso, "raw", read_only=True, kind=kind, serial="VMWU-INST"))
         exe, bios = _qemu_executable(opts)
         cfg = MachineConfig(
             arch=arch,
@@ -261,13 +266,13 @@ def run_unit(opts: RunOptions, *, on_update: Update | None = None) -> RunResult:
             cpus=opts.cpus or desc.cpus,
             kernel=disks.kernel,
             initrd=disks.initrd,
-            cmdline=instance_cmdline(desc, True)
+            cmdline=instance_cmdline(desc, cdrom_scsi=not as_disk)
             if desc.base.boot_method == BootMethod.DIRECT_KERNEL
             else "",
             drives=tuple(drives),
             console_log=inst / CONSOLE_LOG,
             events_log=inst / "events.jsonl",
-            qmp_socket=inst / "qmp.sock",
+            qmp_socket=qmp_socket_path(inst),
             graphics=opts.vmm_graphics,
             executable=exe,
             bios_dir=bios,
@@ -313,6 +318,8 @@ def run_unit(opts: RunOptions, *, on_update: Update | None = None) -> RunResult:
     finally:
         if machine is not None:
             machine.shutdown(timeout=2.0)
+        if (inst / "qmp-dir").is_symlink():
+            shutil.rmtree((inst / "qmp-dir").resolve(), ignore_errors=True)
         if opts.keep:
             log.info("instance directory kept: %s", inst)
         else:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from vmwu import AGENT_VERSION, guest, paths, tools
 from vmwu.catalog import BaseFile, BaseImage, Catalog, base_identity
-from vmwu.errors import BadInput, HostFailure, ToolFailed
+from vmwu.errors import BadInput, HostFailure, ToolFailed, VmwuError
 from vmwu.images import cpio
 from vmwu.ova import file_sha256
 from vmwu.unit import BootMethod, FileRole
@@ -38,14 +38,10 @@ log = logging.getLogger(__name__)
 KERNEL_META = "linux-image-cloud-amd64"
 BUSYBOX = "busybox-static"
 
-# Modules the guest needs for the vmwu disks, loaded in this order's dependency closure.
-MODULES = (
-    "virtio_pci",
-    "virtio_blk",
-    "virtio_scsi",
-    "sr_mod",
-    "isofs",
-)
+# Modules the guest needs for the vmwu disks (loaded with their dependencies, in order);
+# the SCSI CD-ROM ones only when the launcher attaches the ISO as a CD-ROM.
+MODULES = ("virtio_pci", "virtio_blk", "isofs")
+CDROM_MODULES = ("virtio_scsi", "sr_mod")
 
 # Tuned for TCG (../notes/fast-boot.md): no crypto self-tests, no ACPI (we end with
 # reboot -f under -no-reboot), no timer calibration, no KASLR.
@@ -118,25 +114,26 @@ def module_order(moddir: Path, wanted: tuple[str, ...]) -> list[Path]:
     return order
 
 
-def build_initramfs(busybox: Path, modules: list[Path], dest: Path) -> None:
-    entries = [
-        cpio.directory(d)
-        for d in (
-            "bin",
-            "dev",
-            "etc",
-            "etc/vmwu",
-            "lib",
-            "lib/modules",
-            "proc",
-            "sys",
-            "tmp",
-            "usr",
-            "usr/bin",
-            "root",
-            "run",
-        )
-    ]
+def applet_links(busybox: Path) -> list[str]:
+    """Paths of busybox's applets (``usr/bin/awk``...), asking the binary itself; empty if
+    it cannot run here (another architecture): /init then installs them at boot."""
+    try:
+        out = tools.run([busybox, "--list-full"], check=False).stdout.decode()
+    except (OSError, VmwuError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip() and ".." not in line]
+
+
+DIRS = ("bin", "sbin", "dev", "etc", "etc/vmwu", "lib", "lib/modules", "proc", "sys", "tmp",
+        "usr", "usr/bin", "usr/sbin", "root", "run")
+
+
+def build_initramfs(
+    busybox: Path, modules: list[Path], cdrom_modules: list[Path], dest: Path
+) -> None:
+    """The tiny base's root file system: busybox with its applet links, the agent and its
+    helpers, /init, and the kernel modules with their load order."""
+    entries = [cpio.directory(d) for d in DIRS]
     entries += [
         cpio.chardev("dev/console", 5, 1),
         cpio.file("bin/busybox", busybox.read_bytes(), 0o755),
@@ -144,13 +141,19 @@ def build_initramfs(busybox: Path, modules: list[Path], dest: Path) -> None:
         cpio.file("usr/bin/vmwu-agent", guest.read(guest.AGENT), 0o755),
         cpio.file("usr/bin/vmwu-progress", guest.read(guest.PROGRESS), 0o755),
         cpio.file("usr/bin/vmwu-mount", guest.read(guest.MOUNT), 0o755),
+        cpio.file("usr/bin/vmwu-findlabel", guest.read(guest.FINDLABEL), 0o755),
         cpio.file("etc/vmwu/agent-version", f"{AGENT_VERSION}\n".encode()),
     ]
-    names = []
-    for ko in modules:
-        entries.append(cpio.file(f"lib/modules/{ko.stem}.ko", ko.read_bytes()))
-        names.append(ko.stem)
-    entries.append(cpio.file("etc/vmwu/modules", ("\n".join(names) + "\n").encode()))
+    taken = {e.path for e in entries}
+    entries += [cpio.symlink(p, "/bin/busybox") for p in applet_links(busybox) if p not in taken]
+    added: set[str] = set()
+    for listname, kos in (("modules", modules), ("modules.cdrom", cdrom_modules)):
+        for ko in kos:
+            if ko.stem not in added:
+                entries.append(cpio.file(f"lib/modules/{ko.stem}.ko", ko.read_bytes()))
+                added.add(ko.stem)
+        order = "".join(ko.stem + "\n" for ko in kos)
+        entries.append(cpio.file(f"etc/vmwu/{listname}", order.encode()))
     cpio.write_initramfs(dest, entries)
 
 
@@ -198,10 +201,12 @@ def build_tiny(
         if not busybox.is_file():
             raise BadInput(f"{busybox_deb} holds no /bin/busybox: is it busybox-static?")
         step("writing the initramfs")
-        modules = module_order(tmp / "kernel" / "lib" / "modules" / version, MODULES)
+        moddir = tmp / "kernel" / "lib" / "modules" / version
+        modules = module_order(moddir, MODULES)
+        cdrom = [m for m in module_order(moddir, MODULES + CDROM_MODULES) if m not in modules]
         staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=_ensure(base_dir.parent)))
         try:
-            build_initramfs(busybox, modules, staging / "initrd.img")
+            build_initramfs(busybox, modules, cdrom, staging / "initrd.img")
             shutil.copyfile(vmlinuz[-1], staging / "kernel")
             (staging / "autorun.sh").write_bytes(guest.read(guest.DEFAULT_TEMPLATE))
             if base_dir.exists():

@@ -8,6 +8,7 @@ from importlib import resources
 AGENT = "vmwu-agent"
 PROGRESS = "vmwu-progress"
 MOUNT = "vmwu-mount"
+FINDLABEL = "vmwu-findlabel"
 TINY_INIT = "tiny-init"
 DEFAULT_TEMPLATE = "templates/autorun.sh"
 

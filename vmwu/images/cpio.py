@@ -11,7 +11,6 @@ import gzip
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 
 @dataclass(frozen=True)
@@ -26,7 +25,7 @@ def _pad(n: int) -> bytes:
     return b"\0" * ((4 - n % 4) % 4)
 
 
-def _write(out: BinaryIO, ino: int, entry: CpioEntry, mtime: int) -> None:
+def _write(out: gzip.GzipFile, ino: int, entry: CpioEntry, mtime: int) -> None:
     name = entry.path.encode() + b"\0"
     fields = [
         ino,
@@ -51,7 +50,7 @@ def _write(out: BinaryIO, ino: int, entry: CpioEntry, mtime: int) -> None:
 def write_initramfs(dest: Path, entries: list[CpioEntry], *, mtime: int = 0) -> None:
     """Write a gzip-compressed newc archive. Parent directories must come before their
     children; entries are written in the given order."""
-    with open(dest, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out:
+    with open(dest, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as out:
         for ino, entry in enumerate(entries, start=1):
             _write(out, ino, entry, mtime)
         _write(out, len(entries) + 1, CpioEntry("TRAILER!!!", 0), 0)

@@ -46,7 +46,7 @@ class _Names:
         n = 0
         while candidate in used:
             n += 1
-            tag = f"~{n}"
+            tag = f"_{n}"
             base = stem[: 8 - len(tag)] + tag
             candidate = base if is_dir else f"{base}.{ext}"
         used.add(candidate)

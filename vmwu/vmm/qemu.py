@@ -40,6 +40,7 @@ class Drive:
     format: str
     read_only: bool = False
     kind: DriveKind = DriveKind.DISK
+    serial: str | None = None  # virtio-blk serial: the agent finds disks by it (sysfs)
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,8 @@ def drive_args(drives: tuple[Drive, ...]) -> list[str]:
         if d.kind == DriveKind.CDROM:
             args += ["-device", f"scsi-cd,drive={d.id},bus=scsi0.0"]
         else:
-            args += ["-device", f"virtio-blk-pci,drive={d.id}"]
+            serial = f",serial={opt(d.serial)}" if d.serial else ""
+            args += ["-device", f"virtio-blk-pci,drive={d.id}{serial}"]
     return args
 
 

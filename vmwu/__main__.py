@@ -1,0 +1,5 @@
+import sys
+
+from vmwu.cli import main
+
+sys.exit(main())
