@@ -102,7 +102,12 @@ def test_default_template_uses_all_tokens_it_needs() -> None:
     text = guest.read(guest.DEFAULT_TEMPLATE).decode()
     script = render(text, _values(), "t")
     assert "###" not in script
-    for token in ("LAUNCHING_COMMAND", "WORKING_DIRECTORY", "INSTANCE_COMMAND", "OUTPUT_MOUNT_DEVICE"):
+    for token in (
+        "LAUNCHING_COMMAND",
+        "WORKING_DIRECTORY",
+        "INSTANCE_COMMAND",
+        "OUTPUT_MOUNT_DEVICE",
+    ):
         assert f"<{token.lower()}>" in script
 
 

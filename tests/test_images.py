@@ -68,7 +68,10 @@ def test_cache_fills_once_under_concurrency(tmp_path: Path) -> None:
         tmp.write_bytes(b"x" * 1000)
 
     results: list[Path] = []
-    threads = [threading.Thread(target=lambda: results.append(cache.ensure_blob("ab" * 32, fill))) for _ in range(8)]
+    threads = [
+        threading.Thread(target=lambda: results.append(cache.ensure_blob("ab" * 32, fill)))
+        for _ in range(8)
+    ]
     for t in threads:
         t.start()
     for t in threads:

@@ -43,7 +43,10 @@ def test_direct_kernel_tcg_command_line() -> None:
     assert "-cpu" not in argv  # -cpu max costs 0.35 s of boot under TCG
     assert "file,id=con,path=/run/con.log" in argv
     assert "file,id=ev,path=/run/ev.log" in argv
-    assert "readonly=on" in argv[argv.index("file=/i.iso,if=none,id=inst,format=raw,cache=unsafe,readonly=on")]
+    assert (
+        "readonly=on"
+        in argv[argv.index("file=/i.iso,if=none,id=inst,format=raw,cache=unsafe,readonly=on")]
+    )
     assert argv.count("virtio-blk-pci,drive=app") == 1
 
 

@@ -50,6 +50,9 @@ class NodeCache:
         path = self.blob_path(sha256)
         return path if path.exists() else None
 
+    def derived_path(self, key: str) -> Path:
+        return self.root / "derived" / key
+
     def ensure_blob(self, sha256: str, fill: Filler) -> Path:
         """The blob ``sha256``, calling ``fill(tmp_path)`` to create it if missing. The
         filler must verify what it writes against ``sha256``."""

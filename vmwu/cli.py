@@ -117,11 +117,12 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     with InstanceLine(opts.unit.stem, quiet=quiet) as line:
         result = run_unit(opts, on_update=line.update)
     if result.error is not None:
-        print(f"vmwu: error: {result.error}", file=sys.stderr)
-        print(
-            f"vmwu: outputs, console.log and status.json are in {result.output_dir}",
-            file=sys.stderr,
-        )
+        # One line, like every other error (issue 3 section 8): say where the outputs are
+        # unless the error's hint already names the output directory.
+        message = str(result.error)
+        if str(result.output_dir) not in message:
+            message += f"; outputs, console.log and status.json are in {result.output_dir}"
+        print(f"vmwu: error: {message}", file=sys.stderr)
     elif not quiet:
         t = result.status.get("timings", {})
         print(
@@ -179,7 +180,8 @@ def cmd_base_build(args: argparse.Namespace, extra: list[str]) -> int:
     finally:
         steps.close()
     print(
-        f"base '{base.name}' registered: {base.architecture} {base.guest_os}, sha256 {base.sha256[:16]}…"
+        f"base '{base.name}' registered: {base.architecture} {base.guest_os}, "
+        f"sha256 {base.sha256[:16]}…"
     )
     return 0
 
@@ -214,7 +216,8 @@ def cmd_base_show(args: argparse.Namespace, extra: list[str]) -> int:
             if key == "files":
                 for f in value:
                     print(
-                        f"file.{f['role']:<11} {f['path']}  ({f['format']}, {f['size']} bytes, sha256 {f['sha256']})"
+                        f"file.{f['role']:<11} {f['path']}  "
+                        f"({f['format']}, {f['size']} bytes, sha256 {f['sha256']})"
                     )
             else:
                 print(f"{key:<16} {value}")
@@ -283,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="vmwu",
         allow_abbrev=False,
-        description="Virtual Machine Work Units: pack an application into a VM work unit, run it many times under QEMU.",
+        description="Virtual Machine Work Units: pack an application into a VM work unit, "
+        "run it many times under QEMU.",
     )
     p.add_argument("--version", action="version", version=f"vmwu {__version__}")
     p.add_argument(
@@ -435,7 +439,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         last = traceback.format_exc().strip().splitlines()[-1]
         print(
-            f"vmwu: internal error: {last} (a bug in vmwu {__version__}; rerun with --debug and report it)",
+            f"vmwu: internal error: {last} "
+            f"(a bug in vmwu {__version__}; rerun with --debug and report it)",
             file=sys.stderr,
         )
         return int(ExitCode.INTERNAL)

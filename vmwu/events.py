@@ -48,7 +48,7 @@ class InstanceState:
     def apply(self, event: dict[str, Any], now: float) -> None:
         self.events.append(event)
         kind = event.get("event")
-        if kind == "booted":
+        if kind in ("booted", "resumed"):
             self.booted_at = now
             self.phase = Phase.BOOTING
             agent = event.get("agent")

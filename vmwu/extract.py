@@ -108,7 +108,8 @@ def format_summary(s: dict[str, Any]) -> str:
         cap = f", capacity {format_size(f['capacity'])}" if f["capacity"] else ""
         where = "embedded" if f["embedded"] else "referenced"
         lines.append(
-            f"  {f['role']:<12} {f['href']:<28} {f['format']:<8} {format_size(f['size']):>10}{cap}  {where}"
+            f"  {f['role']:<12} {f['href']:<28} {f['format']:<8} "
+            f"{format_size(f['size']):>10}{cap}  {where}"
         )
     lines.append(f"manifest    {s['manifest']}")
     return "\n".join(lines)

@@ -7,9 +7,11 @@ raises only for bad input found before anything started. Outputs, ``console.log`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import secrets
 import shlex
 import shutil
 import socket
@@ -43,7 +45,8 @@ from vmwu.params import param_entries
 from vmwu.resolve import ResolvedDisks, resolve_files
 from vmwu.unit import BootMethod, UnitDescriptor
 from vmwu.vmm import accel as accel_mod
-from vmwu.vmm.qemu import Drive, DriveKind, MachineConfig, QemuMachine, build_argv
+from vmwu.vmm import warm
+from vmwu.vmm.qemu import Drive, DriveKind, MachineConfig, QemuMachine, build_argv, qemu_binary
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +86,7 @@ class RunOptions:
     timeout: float | None = None
     boot_timeout: float = 120.0  # the agent must report "booted" within this
     keep: bool = False
+    warm: bool = True  # resume the node's saved booted guest instead of booting
     print_cmdline: bool = False
     catalog: Path | None = None
     cache_dir: Path | None = None
@@ -196,6 +200,10 @@ def qmp_socket_path(inst: Path) -> Path:
 
 def _iso_entries(opts: RunOptions) -> list[IsoEntry]:
     entries = param_entries(list(opts.args), opts.parameters_filename)
+    # A resumed guest shares its clock and RNG state with every instance resumed from the
+    # same save; the agent sets the clock and stirs this seed into the pool.
+    entries.append(IsoEntry(".vmwu/time", data=f"{int(time.time())}\n".encode()))
+    entries.append(IsoEntry(".vmwu/seed", data=secrets.token_bytes(64)))
     entries += cdrom_entries(
         files=opts.files,
         destinations=opts.files_destination,
@@ -227,6 +235,33 @@ def _prepare_disks(inst: Path, disks: ResolvedDisks, opts: RunOptions) -> list[D
     return drives
 
 
+def _accel(opts: RunOptions, arch: str) -> accel_mod.AccelChoice:
+    if opts.vmm_no_virtualisation:
+        return accel_mod.AccelChoice("tcg", "TCG: vmm-no-virtualisation is set")
+    return accel_mod.choose(opts.accel, guest_arch=arch)
+
+
+def _warm_start(
+    cfg: MachineConfig, desc: UnitDescriptor, cache: NodeCache, inst: Path
+) -> tuple[MachineConfig, str]:
+    """``cfg`` set up to resume the node's saved booted guest (saving it first if this
+    is the first such instance on the node), or unchanged with the reason why not."""
+    sizes = {f.role.value: f.capacity or 0 for f in desc.files if f.is_disk}
+    reason = warm.eligible(cfg, sizes)
+    if reason is not None:
+        return cfg, f"cold boot: {reason}"
+    warm_cfg = warm.with_warm_cmdline(cfg)
+    key = warm.state_key(warm_cfg, cfg.executable or qemu_binary(cfg.arch))
+    saved_now = not cache.derived_path(f"{key}.state").exists()
+    state = cache.ensure_derived(
+        f"{key}.state", lambda tmp: warm.save_state(warm_cfg, tmp, inst / "warm-template")
+    )
+    for d in cfg.drives:
+        warm.grow(d.path)
+    how = "saved the booted guest for this node, then resumed it" if saved_now else "resumed"
+    return dataclasses.replace(warm_cfg, incoming=state), f"warm start: {how}"
+
+
 def run_unit(opts: RunOptions, *, on_update: Update | None = None) -> RunResult:
     t_begin = time.monotonic()
     _check_inputs(opts)
@@ -237,17 +272,19 @@ def run_unit(opts: RunOptions, *, on_update: Update | None = None) -> RunResult:
         if not opts.print_cmdline:
             check_output_dir(out_dir)
         catalog = Catalog.open(opts.catalog)
-        disks = resolve_files(desc, reader, cache, catalog, base_override=opts.base_image)
+        disks = resolve_files(
+            desc,
+            reader,
+            cache,
+            catalog,
+            base_override=opts.base_image,
+            input_image=opts.input_image,
+            output_image=opts.output_image,
+        )
     arch = opts.vmm_architecture or desc.base.architecture
-    if opts.vmm_no_virtualisation:
-        choice = accel_mod.choose("tcg", guest_arch=arch)
-        choice = accel_mod.AccelChoice("tcg", "TCG: vmm-no-virtualisation is set")
-    else:
-        choice = accel_mod.choose(opts.accel, guest_arch=arch)
-
+    choice = _accel(opts, arch)
     inst = cache.new_instance_dir(desc.name)
     state = InstanceState()
-    result: RunResult | None = None
     machine: QemuMachine | None = None
     try:
         drives = _prepare_disks(inst, disks, opts)
@@ -259,6 +296,7 @@ def run_unit(opts: RunOptions, *, on_update: Update | None = None) -> RunResult:
         kind = DriveKind.DISK if as_disk else DriveKind.CDROM
         drives.append(Drive("inst", iso, "raw", read_only=True, kind=kind, serial="VMWU-INST"))
         exe, bios = _qemu_executable(opts)
+        direct = desc.base.boot_method == BootMethod.DIRECT_KERNEL
         cfg = MachineConfig(
             arch=arch,
             accel=choice.accel,
@@ -266,9 +304,7 @@ def run_unit(opts: RunOptions, *, on_update: Update | None = None) -> RunResult:
             cpus=opts.cpus or desc.cpus,
             kernel=disks.kernel,
             initrd=disks.initrd,
-            cmdline=instance_cmdline(desc, cdrom_scsi=not as_disk)
-            if desc.base.boot_method == BootMethod.DIRECT_KERNEL
-            else "",
+            cmdline=instance_cmdline(desc, cdrom_scsi=not as_disk) if direct else "",
             drives=tuple(drives),
             console_log=inst / CONSOLE_LOG,
             events_log=inst / "events.jsonl",
@@ -278,22 +314,23 @@ def run_unit(opts: RunOptions, *, on_update: Update | None = None) -> RunResult:
             bios_dir=bios,
         )
         if opts.print_cmdline:
-            argv = build_argv(cfg)
-            return RunResult(0, out_dir, {}, cmdline=argv)
-        machine = QemuMachine(cfg, log_path=inst / "qemu.log")
+            return RunResult(0, out_dir, {}, cmdline=build_argv(cfg))
+        start_how = "cold boot: --no-warm"
+        cold_cfg = cfg
+        if opts.warm:
+            cfg, start_how = _warm_start(cfg, desc, cache, inst)
         timeout = opts.timeout if opts.timeout is not None else desc.timeout
         t_launch = time.monotonic()
-        machine.launch()
-        state.qemu_started = machine.started_at
-        state.phase = Phase.BOOTING
-        error = _watch(
-            machine,
-            EventReader(cfg.events_log or inst / "events.jsonl"),
-            state,
-            timeout,
-            opts.boot_timeout,
-            on_update,
-        )
+        machine, error = _boot_and_watch(cfg, inst, state, timeout, opts.boot_timeout, on_update)
+        if cfg.incoming is not None and machine.returncode not in (0, None) and not state.events:
+            # The saved state did not load (QEMU changed underneath?): forget it, boot cold.
+            log.warning("warm start failed (%s); booting cold", machine.qemu_log_tail())
+            cfg.incoming.unlink(missing_ok=True)
+            start_how = "cold boot: the saved guest did not load"
+            state = InstanceState()
+            machine, error = _boot_and_watch(
+                cold_cfg, inst, state, timeout, opts.boot_timeout, on_update
+            )
         t_exit = time.monotonic()
         result = _collect(opts, desc, inst, out_dir, machine, state, error, cfg)
         timings = result.status.setdefault("timings", {})
@@ -302,12 +339,13 @@ def run_unit(opts: RunOptions, *, on_update: Update | None = None) -> RunResult:
         timings["collect"] = round(time.monotonic() - t_exit, 3)
         result.status["accel"] = choice.accel
         result.status["accel_reason"] = choice.reason
+        result.status["start"] = start_how
         result.cmdline = machine.argv
-        _write_status(out_dir, result.status)
         if opts.overwrite and result.error is None:
             from vmwu.overwrite import overwrite_unit
 
             overwrite_unit(opts.unit, desc, inst, cache, mtime=int(time.time()))
+        _write_status(out_dir, result.status)
         return result
     except KeyboardInterrupt:
         if machine is not None:
@@ -325,6 +363,29 @@ def run_unit(opts: RunOptions, *, on_update: Update | None = None) -> RunResult:
         else:
             shutil.rmtree(inst, ignore_errors=True)
         state.phase = Phase.DONE
+
+
+def _boot_and_watch(
+    cfg: MachineConfig,
+    inst: Path,
+    state: InstanceState,
+    timeout: float | None,
+    boot_timeout: float,
+    on_update: Update | None,
+) -> tuple[QemuMachine, VmwuError | None]:
+    (inst / "events.jsonl").unlink(missing_ok=True)
+    machine = QemuMachine(cfg, log_path=inst / "qemu.log")
+    machine.launch()
+    state.qemu_started = machine.started_at
+    state.phase = Phase.BOOTING
+    try:
+        error = _watch(
+            machine, EventReader(inst / "events.jsonl"), state, timeout, boot_timeout, on_update
+        )
+    except BaseException:
+        machine.shutdown(timeout=2.0)
+        raise
+    return machine, error
 
 
 def _watch(
@@ -389,7 +450,8 @@ def _classify(
     if state.exit_code is not None:
         if state.disk_full:
             return OutputDiskFull(
-                f"the output disk filled up inside the guest (the app exited with {state.exit_code})",
+                "the output disk filled up inside the guest "
+                f"(the app exited with {state.exit_code})",
                 hint=f"raise app-output-size and re-pack; partial outputs kept in {out_dir}",
             )
         return None

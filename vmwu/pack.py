@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmwu import AGENT_VERSION, __version__, guest
-from vmwu.arch import canonical_arch
+from vmwu.arch import canonical_arch, parse_os
 from vmwu.catalog import BaseImage, Catalog, choose_base
-from vmwu.errors import BadInput, BaseNotFound
+from vmwu.errors import BadInput, BaseNotFound, SpecError
 from vmwu.images import ext4, qemu_img
 from vmwu.ova import default_href, file_sha256, write_ova
 from vmwu.spec import Spec
@@ -88,7 +88,12 @@ def select_base(spec: Spec, catalog: Catalog, *, interactive: bool | None = None
                     hint=f"register it first: vmwu base add NAME {path}",
                 )
             return found
-        return catalog.get(spec.base_image)
+        try:
+            return catalog.get(spec.base_image)
+        except BaseNotFound as exc:  # name the option and where it was set
+            raise BaseNotFound(
+                f"{spec.origin('base-image')}: base-image: {exc.message}", hint=exc.hint
+            ) from None
     if not spec.base_image_autosource:
         raise BadInput(
             "no base image: set base-image, or base-image-autosource = 1",
@@ -101,7 +106,15 @@ def select_base(spec: Spec, catalog: Catalog, *, interactive: bool | None = None
             "needs a terminal",
             hint="pass --base-image-autosource-interaction 0 to take the first match",
         )
-    app_arch = canonical_arch(spec.app_architecture)
+    try:
+        app_arch = canonical_arch(spec.app_architecture)
+    except BadInput as exc:  # name the option and where it was set
+        raise SpecError(spec.origin("app-architecture"), exc.message, hint=exc.hint) from None
+    if spec.app_os.strip():
+        try:
+            parse_os(spec.app_os)  # checked here too, so that the error names the option
+        except BadInput as exc:
+            raise SpecError(spec.origin("app-os"), exc.message, hint=exc.hint) from None
     return choose_base(catalog, app_arch, spec.app_os, interactive=ask)
 
 
@@ -208,7 +221,16 @@ def pack(
     epoch = _epoch()
     name = spec.package_name
     fstype = spec.base_image_filesystem or base.filesystem or "ext4"
-    with tempfile.TemporaryDirectory(prefix="vmwu-pack-", dir=out_path.parent) as tmp_str:
+    if out_path.is_dir():
+        raise BadInput(f"cannot write the unit {out_path}: it is a directory", hint="pass -o FILE")
+    try:
+        workdir = tempfile.TemporaryDirectory(prefix="vmwu-pack-", dir=out_path.parent)
+    except OSError as exc:  # -o in a missing or read-only directory: bad input, not a bug
+        raise BadInput(
+            f"cannot write the unit {out_path}: {out_path.parent}: {exc.strerror}",
+            hint="pass -o PATH in an existing, writable directory",
+        ) from exc
+    with workdir as tmp_str:
         tmp = Path(tmp_str)
         step("staging the application")
         stage = tmp / "app"

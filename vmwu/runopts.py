@@ -104,6 +104,13 @@ OPTIONS: tuple[OptionDef, ...] = (
     ),
     OptionDef("keep", K.BOOL, False, "keep the instance directory (overlays, ISO, logs)"),
     OptionDef(
+        "warm",
+        K.BOOL,
+        True,
+        "resume a saved booted guest (saved once per node) instead of booting; "
+        "--no-warm boots cold",
+    ),
+    OptionDef(
         "print-cmdline", K.BOOL, False, "print the QEMU command line and exit without running"
     ),
     OptionDef("catalog", K.PATH, None, "base catalog (default $VMWU_CATALOG or the data dir)"),
@@ -204,6 +211,7 @@ def _to_run_options(
         timeout=r.optional("timeout", float),
         boot_timeout=r.get("boot-timeout", float),
         keep=r.get("keep", bool),
+        warm=r.get("warm", bool),
         print_cmdline=r.get("print-cmdline", bool),
         catalog=path("catalog"),
     )

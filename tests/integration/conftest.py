@@ -15,7 +15,6 @@ import pytest
 from tests.conftest import run_vmwu
 
 
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
     for item in items:
@@ -45,8 +44,15 @@ class Vmwu:
     def __call__(self, *args: str | os.PathLike[str], timeout: float = 300) -> Any:
         return run_vmwu(*args, env=self.env, cwd=self.tmp, timeout=timeout)
 
-    def pack(self, launch: str, *, name: str = "unit", files: dict[str, str] | None = None,
-             extra: dict[str, str] | None = None, mode: int = 0o755) -> Path:
+    def pack(
+        self,
+        launch: str,
+        *,
+        name: str = "unit",
+        files: dict[str, str] | None = None,
+        extra: dict[str, str] | None = None,
+        mode: int = 0o755,
+    ) -> Path:
         """Pack a unit whose app folder holds ``files`` (name -> text, executable) and whose
         app-launch is ``launch``."""
         app = self.tmp / f"{name}-app"
@@ -57,8 +63,11 @@ class Vmwu:
             path.write_text(text)
             path.chmod(mode)
         spec = self.tmp / f"{name}.toml"
-        lines = [f"package-name = {json.dumps(name)}", f"app-import-dir = {json.dumps(str(app))}",
-                 f"app-launch = {json.dumps(launch)}"]
+        lines = [
+            f"package-name = {json.dumps(name)}",
+            f"app-import-dir = {json.dumps(str(app))}",
+            f"app-launch = {json.dumps(launch)}",
+        ]
         lines += [f"{k} = {json.dumps(v)}" for k, v in (extra or {}).items()]
         spec.write_text("\n".join(lines) + "\n")
         out = self.tmp / f"{name}.ova"
@@ -66,11 +75,24 @@ class Vmwu:
         assert result.returncode == 0, result.stderr
         return out
 
-    def run(self, unit: Path, *args: str, out: str = "out", params: tuple[str, ...] = (),
-            timeout: float = 300) -> tuple[Any, Path, dict[str, Any]]:
+    def run(
+        self,
+        unit: Path,
+        *args: str,
+        out: str = "out",
+        params: tuple[str, ...] = (),
+        timeout: float = 300,
+    ) -> tuple[Any, Path, dict[str, Any]]:
         """``vmwu run``; returns (process, output dir, status.json)."""
         outdir = self.tmp / out
-        argv: list[str | os.PathLike[str]] = ["run", unit, "--output-directory", outdir, "--quiet", *args]
+        argv: list[str | os.PathLike[str]] = [
+            "run",
+            unit,
+            "--output-directory",
+            outdir,
+            "--quiet",
+            *args,
+        ]
         if params:
             argv += ["--", *params]
         result = self(*argv, timeout=timeout)

@@ -27,7 +27,10 @@ def test_exit_code_propagates(vmwu: Vmwu, code: int) -> None:
 
 
 def test_outputs_stdout_and_progress(vmwu: Vmwu) -> None:
-    app = '#!/bin/sh\necho "to stdout"\necho "to stderr" >&2\nvmwu-progress 0.5 half\necho data > /output/result.txt\n'
+    app = (
+        '#!/bin/sh\necho "to stdout"\necho "to stderr" >&2\n'
+        "vmwu-progress 0.5 half\necho data > /output/result.txt\n"
+    )
     unit = vmwu.pack("/app/job.sh", name="outputs", files={"job.sh": app})
     result, out, status = vmwu.run(unit)
     assert result.returncode == 0, result.stderr
@@ -41,7 +44,16 @@ def test_outputs_stdout_and_progress(vmwu: Vmwu) -> None:
 
 def test_parameters_arrive_exactly(vmwu: Vmwu) -> None:
     unit = vmwu.pack('/app/echo.sh "$@"', name="params", files={"echo.sh": ECHO_ARGS})
-    params = ("plain", "with space", "quote'single", 'quote"double', "$HOME", "`id`", "ünïcødé ✓", "")
+    params = (
+        "plain",
+        "with space",
+        "quote'single",
+        'quote"double',
+        "$HOME",
+        "`id`",
+        "ünïcødé ✓",
+        "",
+    )
     result, out, status = vmwu.run(unit, params=params)
     assert result.returncode == 0, result.stderr
     assert (out / "args.txt").read_text().split("\n")[:-1] == list(params)
@@ -93,7 +105,9 @@ def test_instance_scripts_and_commands(vmwu: Vmwu) -> None:
             "instance-post-script-cmd": "echo postcmd >> /output/order.txt",
         },
     )
-    result, out, _ = vmwu.run(unit, "--instance-script", "pre.sh", "--instance-post-script", "post.sh")
+    result, out, _ = vmwu.run(
+        unit, "--instance-script", "pre.sh", "--instance-post-script", "post.sh"
+    )
     assert result.returncode == 0, result.stderr
     assert (out / "order.txt").read_text().split() == ["cmd", "pre", "app", "postcmd", "post"]
 
@@ -154,9 +168,21 @@ def test_two_concurrent_cold_cache_runs(cold_vmwu: Vmwu) -> None:
         out = cold_vmwu.tmp / f"out{i}"
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "vmwu", "run", unit, "--quiet", "--output-directory", out,
-                 "--", str(i)],
-                env={**os.environ, **cold_vmwu.env}, stderr=subprocess.PIPE, text=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "vmwu",
+                    "run",
+                    unit,
+                    "--quiet",
+                    "--output-directory",
+                    out,
+                    "--",
+                    str(i),
+                ],
+                env={**os.environ, **cold_vmwu.env},
+                stderr=subprocess.PIPE,
+                text=True,
             )
         )
     for p in procs:

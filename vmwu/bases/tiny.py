@@ -124,8 +124,23 @@ def applet_links(busybox: Path) -> list[str]:
     return [line.strip() for line in out.splitlines() if line.strip() and ".." not in line]
 
 
-DIRS = ("bin", "sbin", "dev", "etc", "etc/vmwu", "lib", "lib/modules", "proc", "sys", "tmp",
-        "usr", "usr/bin", "usr/sbin", "root", "run")
+DIRS = (
+    "bin",
+    "sbin",
+    "dev",
+    "etc",
+    "etc/vmwu",
+    "lib",
+    "lib/modules",
+    "proc",
+    "sys",
+    "tmp",
+    "usr",
+    "usr/bin",
+    "usr/sbin",
+    "root",
+    "run",
+)
 
 
 def build_initramfs(

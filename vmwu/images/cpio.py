@@ -50,7 +50,10 @@ def _write(out: gzip.GzipFile, ino: int, entry: CpioEntry, mtime: int) -> None:
 def write_initramfs(dest: Path, entries: list[CpioEntry], *, mtime: int = 0) -> None:
     """Write a gzip-compressed newc archive. Parent directories must come before their
     children; entries are written in the given order."""
-    with open(dest, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as out:
+    with (
+        open(dest, "wb") as raw,
+        gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as out,
+    ):
         for ino, entry in enumerate(entries, start=1):
             _write(out, ino, entry, mtime)
         _write(out, len(entries) + 1, CpioEntry("TRAILER!!!", 0), 0)

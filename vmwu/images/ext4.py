@@ -10,6 +10,7 @@ hash seed and creation time; the same staged tree then gives the same bytes.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -69,7 +70,9 @@ def make_image(
         with open(image, "wb") as fh:
             fh.truncate(size)
     except OSError as exc:
-        raise HostDiskFull(str(image.parent)) if exc.errno == 28 else exc
+        if exc.errno == errno.ENOSPC:
+            raise HostDiskFull(str(image.parent)) from exc
+        raise
     # No journal: instances are thrown away or read back by debugfs, which does not replay
     # a journal; without one, what the guest synced is what we read.
     argv: list[str | os.PathLike[str]] = [
@@ -129,7 +132,17 @@ def read_tree(image: Path, dest: Path, *, skip: tuple[str, ...] = ("lost+found",
     try:
         # rdump writes "<dest>/<basename of the source dir>"; dumping "/" gives the tree
         # directly inside scratch. -p keeps owner/mode where possible.
-        tools.run(["debugfs", "-R", f"rdump / {scratch}", image], disk_hint=str(dest))
+        proc = tools.run(["debugfs", "-R", f"rdump / {scratch}", image], disk_hint=str(dest))
+        # debugfs exits 0 even when it cannot open the file system ("... while trying to
+        # open IMAGE", "rdump: Filesystem not open"): without this check an unreadable
+        # image would silently give no files at all.
+        err = proc.stderr.decode(errors="replace")
+        if "while trying to open" in err or "Filesystem not open" in err:
+            detail = next((ln for ln in err.splitlines() if "while trying to open" in ln), "")
+            raise BadInput(
+                f"{image} holds no ext2/3/4 file system that debugfs can read"
+                + (f": {detail.removeprefix('debugfs: ').strip()}" if detail else "")
+            )
         written: list[Path] = []
         for entry in sorted(scratch.iterdir()):
             if entry.name in skip:

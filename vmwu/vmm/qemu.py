@@ -60,6 +60,7 @@ class MachineConfig:
     executable: str | None = None  # path or name of the qemu-system binary
     bios_dir: Path | None = None  # -L: firmware files when QEMU is not installed system-wide
     extra_args: tuple[str, ...] = field(default_factory=tuple)
+    incoming: Path | None = None  # a saved VM state to resume (fed to QEMU on stdin)
 
 
 def qemu_binary(arch: str) -> str:
@@ -162,6 +163,7 @@ def build_argv(cfg: MachineConfig) -> list[str]:
         *serial_args(cfg),
         *drive_args(cfg.drives),
         *qmp_args(cfg),
+        *(["-incoming", "fd:0"] if cfg.incoming else []),
         *cfg.extra_args,
     ]
 
@@ -196,9 +198,14 @@ class QemuMachine:
         argv[0] = tools.which(argv[0])
         log.debug("launch: %s", shlex.join(argv))
         with open(self.log_path, "wb") as err:
-            self._proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True
-            )
+            stdin = open(self.cfg.incoming, "rb") if self.cfg.incoming else subprocess.DEVNULL
+            try:
+                self._proc = subprocess.Popen(
+                    argv, stdin=stdin, stdout=err, stderr=err, start_new_session=True
+                )
+            finally:
+                if not isinstance(stdin, int):
+                    stdin.close()
         self.started_at = time.monotonic()
         self.state = MachineState.RUNNING
         try:
