@@ -14,7 +14,6 @@ import os
 import secrets
 import shlex
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,7 +23,6 @@ from typing import Any
 
 from vmwu import __version__
 from vmwu.cache import NodeCache
-from vmwu.catalog import Catalog
 from vmwu.errors import (
     BadInput,
     BaseNotFound,
@@ -271,12 +269,11 @@ def run_unit(opts: RunOptions, *, on_update: Update | None = None) -> RunResult:
         out_dir = (opts.output_directory or default_output_dir(desc.name)).absolute()
         if not opts.print_cmdline:
             check_output_dir(out_dir)
-        catalog = Catalog.open(opts.catalog)
         disks = resolve_files(
             desc,
             reader,
             cache,
-            catalog,
+            opts.catalog,
             base_override=opts.base_image,
             input_image=opts.input_image,
             output_image=opts.output_image,
@@ -536,7 +533,7 @@ def _collect(
         "vmwu_version": __version__,
         "unit": desc.name,
         "unit_path": os.fspath(opts.unit.absolute()),
-        "node": socket.gethostname(),
+        "node": os.uname().nodename,
         "outcome": "vmwu-error" if error is not None else "app",
         "exit_code": exit_code,
         "app_exit_code": app_code,

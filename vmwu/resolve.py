@@ -11,14 +11,17 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vmwu.cache import Filler, NodeCache
-from vmwu.catalog import BaseImage, Catalog
 from vmwu.errors import BadInput, BaseNotFound
 from vmwu.images import qemu_img
 from vmwu.ova import OvaReader
 from vmwu.unit import FileRole, UnitDescriptor, UnitFile
 from vmwu.vmm.kernel import boot_kernel
+
+if TYPE_CHECKING:
+    from vmwu.catalog import Catalog
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +57,26 @@ def _copy_verified(src: Path, sha256: str, what: str) -> Filler:
     return fill
 
 
+def _open_catalog(path: Path | None) -> Catalog:
+    # imported here: a warm node resolves everything from its cache without SQLite
+    from vmwu.catalog import Catalog
+
+    return Catalog.open(path)
+
+
 def _base_file(
-    f: UnitFile, desc: UnitDescriptor, reader: OvaReader, cache: NodeCache, catalog: Catalog
+    f: UnitFile,
+    desc: UnitDescriptor,
+    reader: OvaReader,
+    cache: NodeCache,
+    catalog_path: Path | None,
 ) -> Path:
     if f.embedded:
         return cache.ensure_blob(f.sha256, lambda tmp: reader.extract(f.href, tmp))
     cached = cache.blob(f.sha256)
     if cached is not None:
         return cached
+    catalog = _open_catalog(catalog_path)
     source = catalog.find_file(f.sha256)
     if source is None:
         raise BaseNotFound(
@@ -74,9 +89,9 @@ def _base_file(
 
 
 def _override_base(
-    name: str, catalog: Catalog, cache: NodeCache
+    name: str, catalog_path: Path | None, cache: NodeCache
 ) -> dict[FileRole, tuple[Path, str]]:
-    base: BaseImage = catalog.get(name)
+    base = _open_catalog(catalog_path).get(name)
     files: dict[FileRole, tuple[Path, str]] = {}
     for bf in base.files:
         role = FileRole(bf.role)
@@ -93,7 +108,7 @@ def resolve_files(
     desc: UnitDescriptor,
     reader: OvaReader,
     cache: NodeCache,
-    catalog: Catalog,
+    catalog_path: Path | None,
     *,
     base_override: str | None = None,
     input_image: Path | None = None,
@@ -109,9 +124,9 @@ def resolve_files(
             continue
         if f.role in (FileRole.KERNEL, FileRole.INITRD, FileRole.BASE_DISK) and base_override:
             continue
-        found[f.role] = (_base_file(f, desc, reader, cache, catalog), f.format)
+        found[f.role] = (_base_file(f, desc, reader, cache, catalog_path), f.format)
     if base_override:
-        found.update(_override_base(base_override, catalog, cache))
+        found.update(_override_base(base_override, catalog_path, cache))
     for role in (FileRole.APP_DISK, FileRole.OUTPUT_DISK):
         if role not in found:
             raise BadInput(f"the unit has no {role}")
