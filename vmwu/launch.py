@@ -167,9 +167,13 @@ def _qemu_executable(opts: RunOptions) -> tuple[str | None, Path | None]:
     return exe, bios
 
 
-def instance_cmdline(desc: UnitDescriptor, *, cdrom_scsi: bool = False) -> str:
+def instance_cmdline(desc: UnitDescriptor, *, cdrom_scsi: bool = False, cpus: int = 1) -> str:
     """The base's kernel command line plus the agent's settings (vmwu.KEY=VALUE)."""
-    parts = [desc.base.cmdline] if desc.base.cmdline else []
+    parts = desc.base.cmdline.split()
+    if cpus > 1:
+        # Direct (PVH) boot finds the other CPUs only through ACPI tables; acpi=off, which
+        # the tiny base uses to boot faster, would leave the guest with one CPU.
+        parts = [p for p in parts if p != "acpi=off"]
     layout = desc.layout
     for key, value, default in (
         ("app", layout.app_dir, "/app"),
@@ -240,10 +244,16 @@ def _accel(opts: RunOptions, arch: str) -> accel_mod.AccelChoice:
 
 
 def _warm_start(
-    cfg: MachineConfig, desc: UnitDescriptor, cache: NodeCache, inst: Path
+    cfg: MachineConfig,
+    desc: UnitDescriptor,
+    cache: NodeCache,
+    inst: Path,
+    sizes_before: dict[Path, int],
 ) -> tuple[MachineConfig, str]:
     """``cfg`` set up to resume the node's saved booted guest (saving it first if this
-    is the first such instance on the node), or unchanged with the reason why not."""
+    is the first such instance on the node), or unchanged with the reason why not. The
+    instance disks are grown to the warm capacity; ``sizes_before`` records their sizes
+    so that they can be shrunk back when the guest is done."""
     sizes = {f.role.value: f.capacity or 0 for f in desc.files if f.is_disk}
     reason = warm.eligible(cfg, sizes)
     if reason is not None:
@@ -255,7 +265,8 @@ def _warm_start(
         f"{key}.state", lambda tmp: warm.save_state(warm_cfg, tmp, inst / "warm-template")
     )
     for d in cfg.drives:
-        warm.grow(d.path)
+        sizes_before[d.path] = warm.virtual_size(d.path)
+        warm.resize(d.path, warm.CAPACITY)
     how = "saved the booted guest for this node, then resumed it" if saved_now else "resumed"
     return dataclasses.replace(warm_cfg, incoming=state), f"warm start: {how}"
 
@@ -294,14 +305,15 @@ def run_unit(opts: RunOptions, *, on_update: Update | None = None) -> RunResult:
         drives.append(Drive("inst", iso, "raw", read_only=True, kind=kind, serial="VMWU-INST"))
         exe, bios = _qemu_executable(opts)
         direct = desc.base.boot_method == BootMethod.DIRECT_KERNEL
+        cpus = opts.cpus or desc.cpus
         cfg = MachineConfig(
             arch=arch,
             accel=choice.accel,
             memory_mib=opts.vmm_memory or desc.memory_mib,
-            cpus=opts.cpus or desc.cpus,
+            cpus=cpus,
             kernel=disks.kernel,
             initrd=disks.initrd,
-            cmdline=instance_cmdline(desc, cdrom_scsi=not as_disk) if direct else "",
+            cmdline=instance_cmdline(desc, cdrom_scsi=not as_disk, cpus=cpus) if direct else "",
             drives=tuple(drives),
             console_log=inst / CONSOLE_LOG,
             events_log=inst / "events.jsonl",
@@ -314,8 +326,9 @@ def run_unit(opts: RunOptions, *, on_update: Update | None = None) -> RunResult:
             return RunResult(0, out_dir, {}, cmdline=build_argv(cfg))
         start_how = "cold boot: --no-warm"
         cold_cfg = cfg
+        grown: dict[Path, int] = {}
         if opts.warm:
-            cfg, start_how = _warm_start(cfg, desc, cache, inst)
+            cfg, start_how = _warm_start(cfg, desc, cache, inst, grown)
         timeout = opts.timeout if opts.timeout is not None else desc.timeout
         t_launch = time.monotonic()
         machine, error = _boot_and_watch(cfg, inst, state, timeout, opts.boot_timeout, on_update)
@@ -329,6 +342,8 @@ def run_unit(opts: RunOptions, *, on_update: Update | None = None) -> RunResult:
                 cold_cfg, inst, state, timeout, opts.boot_timeout, on_update
             )
         t_exit = time.monotonic()
+        for path, size in grown.items():
+            warm.resize(path, size)
         result = _collect(opts, desc, inst, out_dir, machine, state, error, cfg)
         timings = result.status.setdefault("timings", {})
         timings["prepare"] = round(t_launch - t_begin, 3)

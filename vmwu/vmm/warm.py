@@ -85,12 +85,21 @@ def state_key(cfg: MachineConfig, executable: str) -> str:
     return "warm-" + hashlib.sha256(blob).hexdigest()[:32]
 
 
-def grow(path: Path) -> None:
-    """Give a raw or qcow2 instance disk the warm capacity (sparse)."""
+def virtual_size(path: Path) -> int:
     if path.suffix == ".qcow2":
-        tools.run(["qemu-img", "resize", "-q", "-f", "qcow2", path, str(CAPACITY)])
+        from vmwu.images import qemu_img
+
+        return int(qemu_img.info(path)["virtual-size"])
+    return path.stat().st_size
+
+
+def resize(path: Path, size: int) -> None:
+    """Set the capacity of a raw or qcow2 instance disk (sparse; shrinking only drops the
+    blank tail that growing added)."""
+    if path.suffix == ".qcow2":
+        tools.run(["qemu-img", "resize", "-q", "--shrink", "-f", "qcow2", path, str(size)])
     else:
-        os.truncate(path, CAPACITY)
+        os.truncate(path, size)
 
 
 def save_state(cfg: MachineConfig, dest: Path, workdir: Path) -> None:
