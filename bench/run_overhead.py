@@ -3,12 +3,16 @@
     .venv/bin/python bench/run_overhead.py [--runs 5] [--home DIR]
 
 Figures (medians of --runs runs, all on this machine, in this run):
-- ``noop_run_wall_s`` / ``bare_qemu_wall_s``: ``vmwu run`` of a unit whose app is ``true``
-  versus QEMU booting the same kernel and initramfs straight into ``reboot -f`` (same
-  QEMU binary, machine options and accelerator, no disks); ``ratio_noop_vs_bare``
-  (target <= 1.15);
-- ``outside_qemu_{cold,warm}_s``: wall clock of the ``vmwu run`` process minus the time
-  its QEMU ran (target <= 0.3 s warm): Python start-up, cache, overlays, ISO, collection;
+- ``noop_run_wall_{warm_start,cold_boot}_s`` / ``bare_qemu_wall_s``: ``vmwu run`` of a unit
+  whose app is ``true`` (resuming the node's saved guest, and with ``--no-warm``) versus
+  QEMU booting the same kernel and initramfs straight into ``reboot -f`` (same QEMU
+  binary, machine options and accelerator, no disks); ``ratio_*`` (target <= 1.15);
+- ``outside_qemu_{warm,cold}_cache_s``: wall clock of the ``vmwu run`` process minus the
+  time its QEMU ran (target <= 0.3 s warm): Python start-up, cache, overlays, ISO,
+  collection; the cold-cache runs unpack the unit and base into an empty cache
+  (``--no-warm``, so that saving the booted guest is not counted here);
+- ``warm_state_save_s``: the one-off cost, per node and machine configuration, of booting
+  and saving the guest that later instances resume;
 - ``app_exit_to_qemu_exit_s``: from the agent's ``exit`` event to QEMU's exit
   (target <= 0.5 s; the thesis measured 11.4 s);
 - ``boot_to_app_start_s``: QEMU start to the agent's ``started`` event;
@@ -97,21 +101,23 @@ def main() -> None:
             timed(VMWU + ["pack", str(spec), "-o", str(unit), "-q"], env) for _ in range(args.runs)
         ]
 
-        def run(i: int, cache: Path | None) -> tuple[float, dict[str, Any]]:
+        def run(i: int, cache: Path | None, *extra: str) -> tuple[float, dict[str, Any]]:
             e = dict(env)
             if cache is not None:
                 e["VMWU_CACHE_DIR"] = str(cache)
-            out = work / f"out-{cache.name if cache else 'warm'}-{i}"
+            out = work / f"out-{cache.name if cache else 'warm'}-{i}-{len(extra)}"
             t = time.perf_counter()
-            sh(VMWU + ["run", str(unit), "--quiet", "--output-directory", str(out)], e)
+            sh(VMWU + ["run", str(unit), "--quiet", "--output-directory", str(out), *extra], e)
             wall = time.perf_counter() - t
             status = json.loads((out / "status.json").read_text())
             return wall, status
 
-        run(-1, None)  # warm the node cache
+        first = run(-1, work / "cache-first")  # saves the booted guest in an empty cache
+        run(-1, None)  # make sure the node cache is warm
         warm = [run(i, None) for i in range(args.runs)]
-        cold = [run(i, work / f"cache{i}") for i in range(args.runs)]
-        bare = bare_argv(warm[0][1])
+        cold_boot = [run(i, None, "--no-warm") for i in range(args.runs)]
+        cold = [run(i, work / f"cache{i}", "--no-warm") for i in range(args.runs)]
+        bare = bare_argv(cold_boot[0][1])
         bare_walls = []
         for _ in range(args.runs):
             t = time.perf_counter()
@@ -129,21 +135,32 @@ def main() -> None:
                 out = work / f"mandelbrot-{kind}.ova"
                 sh(VMWU + ["pack", str(mandel / "vmwu.toml"), "-o", str(out), "-q", *extra], env)
                 sizes[f"mandelbrot_unit_{kind}_bytes"] = out.stat().st_size
-        noop_wall = med([w for w, _ in warm])
+        warm_wall = med([w for w, _ in warm])
+        cold_wall = med([w for w, _ in cold_boot])
         bare_wall = med(bare_walls)
         result = {
             "runs": args.runs,
             "accel": warm[0][1]["accel"],
-            "noop_run_wall_s": noop_wall,
             "bare_qemu_wall_s": bare_wall,
-            "ratio_noop_vs_bare": round(noop_wall / bare_wall, 3),
-            "outside_qemu_warm_s": outside(warm),
-            "outside_qemu_cold_s": outside(cold),
-            "qemu_wall_warm_s": med([s["timings"]["qemu"] for _, s in warm]),
-            "boot_to_app_start_s": med([s["timings"]["boot"] for _, s in warm]),
+            "noop_run_wall_warm_start_s": warm_wall,
+            "ratio_warm_start_vs_bare": round(warm_wall / bare_wall, 3),
+            "noop_run_wall_cold_boot_s": cold_wall,
+            "ratio_cold_boot_vs_bare": round(cold_wall / bare_wall, 3),
+            "outside_qemu_warm_cache_s": outside(warm),
+            "outside_qemu_cold_cache_s": outside(cold),
+            "warm_state_save_s": round(first[1]["timings"]["prepare"], 3),
+            "qemu_wall_warm_start_s": med([s["timings"]["qemu"] for _, s in warm]),
+            "qemu_wall_cold_boot_s": med([s["timings"]["qemu"] for _, s in cold_boot]),
+            "boot_to_app_start_warm_start_s": med([s["timings"]["boot"] for _, s in warm]),
+            "boot_to_app_start_cold_boot_s": med([s["timings"]["boot"] for _, s in cold_boot]),
             "app_exit_to_qemu_exit_s": med([s["timings"]["shutdown"] for _, s in warm]),
             "pack_s": med(pack_times),
-            "qemu_peak_rss_mib": round(max(s["qemu_peak_rss_kib"] for _, s in warm) / 1024, 1),
+            "qemu_peak_rss_warm_start_mib": round(
+                max(s["qemu_peak_rss_kib"] for _, s in warm) / 1024, 1
+            ),
+            "qemu_peak_rss_cold_boot_mib": round(
+                max(s["qemu_peak_rss_kib"] for _, s in cold_boot) / 1024, 1
+            ),
             **sizes,
         }
         print(json.dumps(result, indent=2))

@@ -126,8 +126,14 @@ def check_output_dir(path: Path) -> None:
 
 
 def _check_inputs(opts: RunOptions) -> None:
+    if opts.unit.is_dir():
+        raise BadInput(f"work unit {opts.unit} is a directory", hint="give the .ova file")
     if not opts.unit.is_file():
         raise BadInput(f"work unit {opts.unit} does not exist")
+    if opts.accel not in accel_mod.ACCELS:
+        raise BadInput(
+            f"unknown accelerator {opts.accel!r}", hint=f"use one of {', '.join(accel_mod.ACCELS)}"
+        )
     for f in opts.files:
         if not f.is_file():
             raise BadInput(f"--files: {f} does not exist or is not a file")
@@ -167,9 +173,16 @@ def _qemu_executable(opts: RunOptions) -> tuple[str | None, Path | None]:
     return exe, bios
 
 
-def instance_cmdline(desc: UnitDescriptor, *, cdrom_scsi: bool = False, cpus: int = 1) -> str:
-    """The base's kernel command line plus the agent's settings (vmwu.KEY=VALUE)."""
-    parts = desc.base.cmdline.split()
+def instance_cmdline(
+    desc: UnitDescriptor,
+    *,
+    cdrom_scsi: bool = False,
+    cpus: int = 1,
+    base_cmdline: str | None = None,
+) -> str:
+    """The base's kernel command line (``base_cmdline`` when --base-image swapped the base)
+    plus the agent's settings (vmwu.KEY=VALUE)."""
+    parts = (desc.base.cmdline if base_cmdline is None else base_cmdline).split()
     if cpus > 1:
         # Direct (PVH) boot finds the other CPUs only through ACPI tables; acpi=off, which
         # the tiny base uses to boot faster, would leave the guest with one CPU.
@@ -249,6 +262,7 @@ def _warm_start(
     cache: NodeCache,
     inst: Path,
     sizes_before: dict[Path, int],
+    boot_timeout: float,
 ) -> tuple[MachineConfig, str]:
     """``cfg`` set up to resume the node's saved booted guest (saving it first if this
     is the first such instance on the node), or unchanged with the reason why not. The
@@ -260,10 +274,25 @@ def _warm_start(
         return cfg, f"cold boot: {reason}"
     warm_cfg = warm.with_warm_cmdline(cfg)
     key = warm.state_key(warm_cfg, cfg.executable or qemu_binary(cfg.arch))
+    failed_marker = cache.derived_path(f"{key}.failed")
+    if failed_marker.exists():
+        return cfg, "cold boot: this machine configuration failed to warm-start before"
     saved_now = not cache.derived_path(f"{key}.state").exists()
-    state = cache.ensure_derived(
-        f"{key}.state", lambda tmp: warm.save_state(warm_cfg, tmp, inst / "warm-template")
-    )
+    try:
+        state = cache.ensure_derived(
+            f"{key}.state",
+            lambda tmp: warm.save_state(
+                warm_cfg, tmp, inst / "warm-template", timeout=boot_timeout
+            ),
+        )
+    except warm.TemplateFailed as exc:
+        # A base that does not boot: boot it cold, which reports the failure (console
+        # tail, exit 243) like any other.
+        # The same kernel, initramfs and command line fail the same way next time: remember.
+        log.info("warm-start template failed: %s", exc)
+        failed_marker.parent.mkdir(parents=True, exist_ok=True)
+        failed_marker.write_text(f"{exc}\n")
+        return cfg, f"cold boot: the warm-start template failed ({exc})"
     for d in cfg.drives:
         sizes_before[d.path] = warm.virtual_size(d.path)
         warm.resize(d.path, warm.CAPACITY)
@@ -313,7 +342,11 @@ def run_unit(opts: RunOptions, *, on_update: Update | None = None) -> RunResult:
             cpus=cpus,
             kernel=disks.kernel,
             initrd=disks.initrd,
-            cmdline=instance_cmdline(desc, cdrom_scsi=not as_disk, cpus=cpus) if direct else "",
+            cmdline=instance_cmdline(
+                desc, cdrom_scsi=not as_disk, cpus=cpus, base_cmdline=disks.cmdline
+            )
+            if direct
+            else "",
             drives=tuple(drives),
             console_log=inst / CONSOLE_LOG,
             events_log=inst / "events.jsonl",
@@ -328,7 +361,7 @@ def run_unit(opts: RunOptions, *, on_update: Update | None = None) -> RunResult:
         cold_cfg = cfg
         grown: dict[Path, int] = {}
         if opts.warm:
-            cfg, start_how = _warm_start(cfg, desc, cache, inst, grown)
+            cfg, start_how = _warm_start(cfg, desc, cache, inst, grown, opts.boot_timeout)
         timeout = opts.timeout if opts.timeout is not None else desc.timeout
         t_launch = time.monotonic()
         machine, error = _boot_and_watch(cfg, inst, state, timeout, opts.boot_timeout, on_update)

@@ -39,6 +39,7 @@ class ResolvedDisks:
     base_disk: DiskImage | None
     app_disk: DiskImage
     output_disk: DiskImage
+    cmdline: str | None = None  # the kernel command line of a --base-image override
 
 
 def _copy_verified(src: Path, sha256: str, what: str) -> Filler:
@@ -90,7 +91,7 @@ def _base_file(
 
 def _override_base(
     name: str, catalog_path: Path | None, cache: NodeCache
-) -> dict[FileRole, tuple[Path, str]]:
+) -> tuple[dict[FileRole, tuple[Path, str]], str]:
     base = _open_catalog(catalog_path).get(name)
     files: dict[FileRole, tuple[Path, str]] = {}
     for bf in base.files:
@@ -101,7 +102,7 @@ def _override_base(
             bf.sha256, _copy_verified(bf.path, bf.sha256, f"base file ({role})")
         )
         files[role] = (path, bf.format)
-    return files
+    return files, base.cmdline
 
 
 def resolve_files(
@@ -125,8 +126,10 @@ def resolve_files(
         if f.role in (FileRole.KERNEL, FileRole.INITRD, FileRole.BASE_DISK) and base_override:
             continue
         found[f.role] = (_base_file(f, desc, reader, cache, catalog_path), f.format)
+    cmdline = None
     if base_override:
-        found.update(_override_base(base_override, catalog_path, cache))
+        override, cmdline = _override_base(base_override, catalog_path, cache)
+        found.update(override)
     for role in (FileRole.APP_DISK, FileRole.OUTPUT_DISK):
         if role not in found:
             raise BadInput(f"the unit has no {role}")
@@ -150,7 +153,7 @@ def resolve_files(
         raise BadInput("the unit's base has neither a kernel nor a bootable disk")
     app = found[FileRole.APP_DISK]
     out = found[FileRole.OUTPUT_DISK]
-    return ResolvedDisks(kernel, initrd, base_disk, DiskImage(*app), DiskImage(*out))
+    return ResolvedDisks(kernel, initrd, base_disk, DiskImage(*app), DiskImage(*out), cmdline)
 
 
 def _detect_format(path: Path) -> str:

@@ -102,9 +102,16 @@ def resize(path: Path, size: int) -> None:
         os.truncate(path, size)
 
 
-def save_state(cfg: MachineConfig, dest: Path, workdir: Path) -> None:
-    """Boot ``cfg`` with blank disks, wait for the agent's ``ready``, save the VM to
-    ``dest``."""
+class TemplateFailed(HostFailure):
+    """The template VM never got ready (a base that does not boot): boot cold instead, so
+    that the failure is reported like any other boot failure."""
+
+
+def save_state(
+    cfg: MachineConfig, dest: Path, workdir: Path, *, timeout: float = SAVE_TIMEOUT
+) -> None:
+    """Boot ``cfg`` with blank disks, wait (at most ``timeout`` s) for the agent's
+    ``ready``, save the VM to ``dest``."""
     workdir.mkdir(parents=True, exist_ok=True)
     drives = []
     for d in cfg.drives:
@@ -123,14 +130,12 @@ def save_state(cfg: MachineConfig, dest: Path, workdir: Path) -> None:
     reader = EventReader(events)
     with QemuMachine(save_cfg, log_path=workdir / "qemu.log") as vm:
         vm.launch()
-        deadline = time.monotonic() + SAVE_TIMEOUT
+        deadline = time.monotonic() + timeout
         while not any(e.get("event") == "ready" for e in reader.read()):
             if vm.poll() is not None:
-                raise HostFailure(
-                    f"the warm-start template VM stopped before it was ready: {vm.qemu_log_tail()}"
-                )
+                raise TemplateFailed("it stopped before the agent was ready")
             if time.monotonic() > deadline:
-                raise HostFailure("the warm-start template VM did not get ready in time")
+                raise TemplateFailed(f"the agent was not ready within {timeout:g} s")
             vm.wait_exit_event(0.02)
         # Migrate while running (no "stop" first): the stream then records the VM as
         # running, so a restore resumes it by itself, without a QMP "cont".
