@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vmwu.errors import BadInput
-from vmwu.launch import RunOptions
+from vmwu.instance import RunOptions
 from vmwu.options import OptionDef, OptionKind, RawValue, Resolved, parse_cli, read_config, resolve
 
 K = OptionKind

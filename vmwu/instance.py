@@ -1,0 +1,369 @@
+"""One instance of a work unit, prepared: options checked, files resolved into the node
+cache, instance directory with qcow2 overlays, a fresh output disk and the instance ISO,
+and the QEMU machine configuration (cold, or resuming the node's saved booted guest).
+
+``vmwu run`` (launch.py) boots, watches and collects a prepared instance; the BOINC-style
+wrapper drives one differently (suspend, checkpoints).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vmwu.cache import NodeCache
+from vmwu.errors import BadInput
+from vmwu.images import qemu_img
+from vmwu.images.iso import IsoEntry, write_iso
+from vmwu.instance_files import cdrom_entries
+from vmwu.ova import OvaReader
+from vmwu.params import param_entries
+from vmwu.resolve import ResolvedDisks, resolve_files
+from vmwu.unit import BootMethod, UnitDescriptor
+from vmwu.vmm import accel as accel_mod
+from vmwu.vmm import warm
+from vmwu.vmm.qemu import Drive, DriveKind, MachineConfig, qemu_binary
+
+log = logging.getLogger(__name__)
+
+# Files vmwu itself writes into the output directory.
+CONSOLE_LOG = "console.log"
+STATUS_JSON = "status.json"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Launcher options (thesis Appendix D plus vmwu's own)."""
+
+    unit: Path
+    args: tuple[str, ...] = ()
+    files: tuple[Path, ...] = ()
+    files_destination: tuple[str, ...] = ()
+    output_directory: Path | None = None  # default: ./<unit name>-output
+    output_filename: str | None = None  # keep the output disk image under this name
+    base_image: str | None = None
+    input_image: Path | None = None
+    output_image: Path | None = None
+    cdrom_image: Path | None = None
+    cdrom_as_hard_disk: bool | None = None
+    parameters_filename: str = "param"
+    instance_script: Path | None = None
+    instance_post_script: Path | None = None
+    overwrite: bool = False
+    vmm_architecture: str | None = None
+    vmm_executable: str | None = None
+    vmm_directory: Path | None = None
+    vmm_local: bool = False
+    vmm_graphics: bool = False
+    vmm_memory: int | None = None  # MiB
+    vmm_no_virtualisation: bool = False
+    accel: str = "auto"
+    cpus: int | None = None
+    timeout: float | None = None
+    boot_timeout: float = 120.0  # the agent must report "booted" within this
+    keep: bool = False
+    warm: bool = True  # resume the node's saved booted guest instead of booting
+    print_cmdline: bool = False
+    catalog: Path | None = None
+    cache_dir: Path | None = None
+
+
+def default_output_dir(unit_name: str) -> Path:
+    return Path.cwd() / f"{unit_name}-output"
+
+
+def check_output_dir(path: Path) -> None:
+    """The output directory must be new or empty, and writable."""
+    if path.exists():
+        if not path.is_dir():
+            raise BadInput(f"output directory {path} exists and is not a directory")
+        if any(path.iterdir()):
+            raise BadInput(
+                f"output directory {path} is not empty",
+                hint="choose another --output-directory or remove it",
+            )
+    else:
+        try:
+            path.mkdir(parents=True)
+        except OSError as exc:
+            raise BadInput(f"cannot create output directory {path}: {exc.strerror}") from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise BadInput(f"output directory {path} is not writable")
+
+
+def check_inputs(opts: RunOptions) -> None:
+    if opts.unit.is_dir():
+        raise BadInput(f"work unit {opts.unit} is a directory", hint="give the .ova file")
+    if not opts.unit.is_file():
+        raise BadInput(f"work unit {opts.unit} does not exist")
+    if opts.accel not in accel_mod.ACCELS:
+        raise BadInput(
+            f"unknown accelerator {opts.accel!r}", hint=f"use one of {', '.join(accel_mod.ACCELS)}"
+        )
+    for f in opts.files:
+        if not f.is_file():
+            raise BadInput(f"--files: {f} does not exist or is not a file")
+    if opts.files_destination and len(opts.files_destination) != len(opts.files):
+        raise BadInput(
+            f"--files-destination names {len(opts.files_destination)} destinations "
+            f"for {len(opts.files)} files",
+            hint="give one destination per file, comma-separated, in the same order",
+        )
+    for opt_name, path in (
+        ("--input-image", opts.input_image),
+        ("--output-image", opts.output_image),
+        ("--cdrom-image", opts.cdrom_image),
+        ("--instance-script", opts.instance_script),
+        ("--instance-post-script", opts.instance_post_script),
+    ):
+        if path is not None and not path.is_file():
+            raise BadInput(f"{opt_name}: {path} does not exist")
+    if opts.cpus is not None and opts.cpus < 1:
+        raise BadInput(f"--cpus must be at least 1, got {opts.cpus}")
+    if opts.timeout is not None and opts.timeout <= 0:
+        raise BadInput(f"--timeout must be positive, got {opts.timeout}")
+
+
+def qemu_executable(opts: RunOptions) -> tuple[str | None, Path | None]:
+    """(executable, firmware dir) from vmm-executable / vmm-directory / vmm-local."""
+    exe = opts.vmm_executable
+    bios: Path | None = None
+    if opts.vmm_directory is not None:
+        name = exe or "qemu-system-x86_64"
+        candidate = opts.vmm_directory / name
+        if opts.vmm_local or exe is None or not shutil.which(name):
+            exe = os.fspath(candidate)
+        for sub in ("pc-bios", "share/qemu"):
+            if (opts.vmm_directory / sub).is_dir():
+                bios = opts.vmm_directory / sub
+    return exe, bios
+
+
+def instance_cmdline(
+    desc: UnitDescriptor,
+    *,
+    cdrom_scsi: bool = False,
+    cpus: int = 1,
+    base_cmdline: str | None = None,
+) -> str:
+    """The base's kernel command line (``base_cmdline`` when --base-image swapped the base)
+    plus the agent's settings (vmwu.KEY=VALUE)."""
+    parts = (desc.base.cmdline if base_cmdline is None else base_cmdline).split()
+    if cpus > 1:
+        # Direct (PVH) boot finds the other CPUs only through ACPI tables; acpi=off, which
+        # the tiny base uses to boot faster, would leave the guest with one CPU.
+        parts = [p for p in parts if p != "acpi=off"]
+    layout = desc.layout
+    for key, value, default in (
+        ("app", layout.app_dir, "/app"),
+        ("out", layout.output_dir, "/output"),
+        ("cdrom", layout.cdrom_dir, "/cdrom"),
+    ):
+        if value != default:
+            if any(c.isspace() for c in value):
+                raise BadInput(f"guest directory {value!r} contains white space")
+            parts.append(f"vmwu.{key}={value}")
+    if cdrom_scsi:
+        parts.append("vmwu.cdrom_dev=scsi")  # the tiny init loads the SCSI CD-ROM modules
+    return " ".join(parts)
+
+
+def qmp_socket_path(inst: Path) -> Path:
+    """A unix socket path for QMP: in the instance dir when short enough (sun_path holds
+    107 bytes), else in a private directory under /tmp (removed with the instance)."""
+    path = inst / "qmp.sock"
+    if len(os.fsencode(path)) < 100:
+        return path
+    short = Path(tempfile.mkdtemp(prefix="vmwu-"))
+    (inst / "qmp-dir").symlink_to(short)
+    return short / "qmp.sock"
+
+
+def iso_entries(opts: RunOptions) -> list[IsoEntry]:
+    entries = param_entries(list(opts.args), opts.parameters_filename)
+    # A resumed guest shares its clock and RNG state with every instance resumed from the
+    # same save; the agent sets the clock and stirs this seed into the pool.
+    entries.append(IsoEntry(".vmwu/time", data=f"{int(time.time())}\n".encode()))
+    entries.append(IsoEntry(".vmwu/seed", data=secrets.token_bytes(64)))
+    entries += cdrom_entries(
+        files=opts.files,
+        destinations=opts.files_destination,
+        instance_script=opts.instance_script,
+        instance_post_script=opts.instance_post_script,
+        cdrom_image=opts.cdrom_image,
+    )
+    return entries
+
+
+def prepare_disks(inst: Path, disks: ResolvedDisks, opts: RunOptions) -> list[Drive]:
+    """Overlays over the cached read-only images; a fresh raw output disk."""
+    drives: list[Drive] = []
+    if disks.base_disk is not None:
+        overlay = inst / "base.qcow2"
+        qemu_img.create_overlay(
+            disks.base_disk.path, overlay, backing_format=disks.base_disk.format
+        )
+        drives.append(Drive("base", overlay, "qcow2", serial="VMWU-BASE"))
+    app = inst / "app.qcow2"
+    qemu_img.create_overlay(disks.app_disk.path, app, backing_format=disks.app_disk.format)
+    drives.append(Drive("app", app, "qcow2", serial="VMWU-APP"))
+    # The output disk is raw so that debugfs can read it back without a conversion.
+    out = inst / "output.raw"
+    qemu_img.convert(
+        disks.output_disk.path, out, src_format=disks.output_disk.format, dst_format="raw"
+    )
+    drives.append(Drive("out", out, "raw", serial="VMWU-OUT"))
+    return drives
+
+
+def choose_accel(opts: RunOptions, arch: str) -> accel_mod.AccelChoice:
+    if opts.vmm_no_virtualisation:
+        return accel_mod.AccelChoice("tcg", "TCG: vmm-no-virtualisation is set")
+    return accel_mod.choose(opts.accel, guest_arch=arch)
+
+
+def warm_start(
+    cfg: MachineConfig,
+    desc: UnitDescriptor,
+    cache: NodeCache,
+    inst: Path,
+    sizes_before: dict[Path, int],
+    boot_timeout: float,
+) -> tuple[MachineConfig, str]:
+    """``cfg`` set up to resume the node's saved booted guest (saving it first if this
+    is the first such instance on the node), or unchanged with the reason why not. The
+    instance disks are grown to the warm capacity; ``sizes_before`` records their sizes
+    so that they can be shrunk back when the guest is done."""
+    sizes = {f.role.value: f.capacity or 0 for f in desc.files if f.is_disk}
+    reason = warm.eligible(cfg, sizes)
+    if reason is not None:
+        return cfg, f"cold boot: {reason}"
+    warm_cfg = warm.with_warm_cmdline(cfg)
+    key = warm.state_key(warm_cfg, cfg.executable or qemu_binary(cfg.arch))
+    failed_marker = cache.derived_path(f"{key}.failed")
+    if failed_marker.exists():
+        return cfg, "cold boot: this machine configuration failed to warm-start before"
+    saved_now = not cache.derived_path(f"{key}.state").exists()
+    try:
+        state = cache.ensure_derived(
+            f"{key}.state",
+            lambda tmp: warm.save_state(
+                warm_cfg, tmp, inst / "warm-template", timeout=boot_timeout
+            ),
+        )
+    except warm.TemplateFailed as exc:
+        # A base that does not boot: boot it cold, which reports the failure (console
+        # tail, exit 243) like any other.
+        # The same kernel, initramfs and command line fail the same way next time: remember.
+        log.info("warm-start template failed: %s", exc)
+        failed_marker.parent.mkdir(parents=True, exist_ok=True)
+        failed_marker.write_text(f"{exc}\n")
+        return cfg, f"cold boot: the warm-start template failed ({exc})"
+    for d in cfg.drives:
+        sizes_before[d.path] = warm.virtual_size(d.path)
+        warm.resize(d.path, warm.CAPACITY)
+    how = "saved the booted guest for this node, then resumed it" if saved_now else "resumed"
+    return dataclasses.replace(warm_cfg, incoming=state), f"warm start: {how}"
+
+
+@dataclass
+class Prepared:
+    """An instance ready to boot. ``release()`` removes its directory (unless kept)."""
+
+    opts: RunOptions
+    desc: UnitDescriptor
+    cache: NodeCache
+    inst: Path
+    out_dir: Path
+    cfg: MachineConfig  # cold boot
+    accel: accel_mod.AccelChoice
+    grown: dict[Path, int] = field(default_factory=dict)  # disks grown for a warm start
+
+    def warm_config(self) -> tuple[MachineConfig, str]:
+        """The configuration to boot with (warm unless disabled or impossible) and how."""
+        if not self.opts.warm:
+            return self.cfg, "cold boot: --no-warm"
+        return warm_start(
+            self.cfg, self.desc, self.cache, self.inst, self.grown, self.opts.boot_timeout
+        )
+
+    def shrink_disks(self) -> None:
+        """Give warm-started disks their own sizes back (after QEMU has exited)."""
+        for path, size in self.grown.items():
+            warm.resize(path, size)
+        self.grown.clear()
+
+    def release(self) -> None:
+        if (self.inst / "qmp-dir").is_symlink():
+            shutil.rmtree((self.inst / "qmp-dir").resolve(), ignore_errors=True)
+        if self.opts.keep:
+            log.info("instance directory kept: %s", self.inst)
+        else:
+            shutil.rmtree(self.inst, ignore_errors=True)
+
+
+def prepare(opts: RunOptions, *, check_output: bool = True) -> Prepared:
+    """Check ``opts``, resolve the unit's files and prepare an instance directory."""
+    check_inputs(opts)
+    cache = NodeCache(opts.cache_dir)
+    with OvaReader(opts.unit) as reader:
+        desc = reader.descriptor
+        out_dir = (opts.output_directory or default_output_dir(desc.name)).absolute()
+        if check_output:
+            check_output_dir(out_dir)
+        disks = resolve_files(
+            desc,
+            reader,
+            cache,
+            opts.catalog,
+            base_override=opts.base_image,
+            input_image=opts.input_image,
+            output_image=opts.output_image,
+        )
+    arch = opts.vmm_architecture or desc.base.architecture
+    choice = choose_accel(opts, arch)
+    inst = cache.new_instance_dir(desc.name)
+    try:
+        drives = prepare_disks(inst, disks, opts)
+        iso = inst / "instance.iso"
+        write_iso(iso, iso_entries(opts))
+        as_disk = opts.cdrom_as_hard_disk
+        if as_disk is None:
+            as_disk = desc.base.cdrom_as_hard_disk
+        kind = DriveKind.DISK if as_disk else DriveKind.CDROM
+        drives.append(Drive("inst", iso, "raw", read_only=True, kind=kind, serial="VMWU-INST"))
+        exe, bios = qemu_executable(opts)
+        direct = desc.base.boot_method == BootMethod.DIRECT_KERNEL
+        cpus = opts.cpus or desc.cpus
+        cmdline = ""
+        if direct:
+            cmdline = instance_cmdline(
+                desc, cdrom_scsi=not as_disk, cpus=cpus, base_cmdline=disks.cmdline
+            )
+        cfg = MachineConfig(
+            arch=arch,
+            accel=choice.accel,
+            memory_mib=opts.vmm_memory or desc.memory_mib,
+            cpus=cpus,
+            kernel=disks.kernel,
+            initrd=disks.initrd,
+            cmdline=cmdline,
+            drives=tuple(drives),
+            console_log=inst / CONSOLE_LOG,
+            events_log=inst / "events.jsonl",
+            qmp_socket=qmp_socket_path(inst),
+            graphics=opts.vmm_graphics,
+            executable=exe,
+            bios_dir=bios,
+        )
+    except BaseException:
+        shutil.rmtree(inst, ignore_errors=True)
+        raise
+    return Prepared(opts, desc, cache, inst, out_dir, cfg, choice)

@@ -1,0 +1,218 @@
+"""What an instance came to: classify how it ended, copy its outputs, write status.json.
+
+Everything the guest left is kept: the output disk's files, ``console.log`` and
+``status.json`` land in the output directory whatever happened.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vmwu import __version__, tools
+from vmwu.errors import (
+    ExitCode,
+    GuestNeverBooted,
+    OutputDiskFull,
+    VMCrashed,
+    VmwuError,
+)
+from vmwu.events import InstanceState
+from vmwu.images import ext4, qemu_img
+from vmwu.instance import CONSOLE_LOG, STATUS_JSON, Prepared
+from vmwu.vmm.qemu import QemuMachine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    exit_code: int
+    output_dir: Path
+    status: dict[str, Any]
+    error: VmwuError | None = None
+    cmdline: list[str] = field(default_factory=list)
+
+
+def console_tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    rows = [r.strip() for r in text.replace("\r", "").splitlines() if r.strip()]
+    return " | ".join(rows[-lines:])
+
+
+def classify(
+    state: InstanceState,
+    early: VmwuError | None,
+    machine: QemuMachine,
+    console: Path,
+    out_dir: Path,
+) -> VmwuError | None:
+    """What went wrong, if anything, from what the host saw."""
+    console_hint = f"see {out_dir / CONSOLE_LOG}"
+    if early is not None:
+        tail = console_tail(console)
+        early.hint = f"console: {tail}; {console_hint}" if tail else console_hint
+        return early
+    if state.exit_code is not None:
+        if state.disk_full:
+            return OutputDiskFull(
+                "the output disk filled up inside the guest "
+                f"(the app exited with {state.exit_code})",
+                hint=f"raise app-output-size and re-pack; partial outputs kept in {out_dir}",
+            )
+        return None
+    tail = console_tail(console)
+    try:
+        text = console.read_text(errors="replace")
+    except OSError:
+        text = ""
+    if state.agent_error:
+        return GuestNeverBooted(f"the vmwu agent failed: {state.agent_error}", hint=console_hint)
+    if "Kernel panic" in text:
+        line = next((r for r in text.splitlines() if "Kernel panic" in r), "Kernel panic")
+        cls: type[VmwuError] = GuestNeverBooted if state.booted_at is None else VMCrashed
+        return cls(f"the guest kernel panicked: {line.strip()}", hint=console_hint)
+    if machine.returncode not in (0, None):
+        return VMCrashed(
+            f"QEMU exited with status {machine.returncode}: {machine.qemu_log_tail() or tail}",
+            hint=console_hint,
+        )
+    if state.booted_at is None:
+        return GuestNeverBooted(
+            "the guest stopped before the vmwu agent started" + (f": {tail}" if tail else ""),
+            hint=console_hint,
+        )
+    return VMCrashed(
+        "the guest stopped without reporting the application's exit"
+        + (f": {tail}" if tail else ""),
+        hint=console_hint,
+    )
+
+
+def collect(
+    prepared: Prepared,
+    machine: QemuMachine,
+    state: InstanceState,
+    early: VmwuError | None,
+) -> RunResult:
+    """Classify how the instance ended and copy out everything it left."""
+    opts, desc, inst, out_dir = prepared.opts, prepared.desc, prepared.inst, prepared.out_dir
+    console = inst / CONSOLE_LOG
+    error = classify(state, early, machine, console, out_dir)
+    out_disk = inst / "output.raw"
+    guest_status: dict[str, Any] = {}
+    collect_error: VmwuError | None = None
+    try:
+        written = ext4.read_tree(out_disk, out_dir, skip=("lost+found",))
+        for entry in written:
+            if entry.name in (CONSOLE_LOG, STATUS_JSON):
+                entry.rename(out_dir / f"{entry.name}.app")
+        state_dir = out_dir / ".vmwu"
+        if (state_dir / "status.json").is_file():
+            try:
+                guest_status = json.loads((state_dir / "status.json").read_text())
+            except ValueError:
+                guest_status = {"unreadable": True}
+        shutil.rmtree(state_dir, ignore_errors=True)
+    except VmwuError as exc:
+        collect_error = exc
+    if opts.output_filename:
+        keep_output_image(out_disk, out_dir / opts.output_filename)
+    shutil.copyfile(console, out_dir / CONSOLE_LOG) if console.exists() else None
+    if error is None and collect_error is not None:
+        error = collect_error
+    app_code = state.exit_code
+    if app_code is None and isinstance(guest_status.get("exit_code"), int):
+        app_code = guest_status["exit_code"]
+    exit_code = (
+        int(error.exit_code)
+        if error is not None
+        else (app_code if app_code is not None else int(ExitCode.VM_CRASHED))
+    )
+    qemu_s = (machine.exited_at or time.monotonic()) - machine.started_at
+    timings: dict[str, float | None] = {
+        "boot": delta(machine.started_at, state.started_at),
+        "app": delta(state.started_at, state.exit_at),
+        "shutdown": delta(state.exit_at, machine.exited_at or None),
+        "qemu": round(qemu_s, 3),
+    }
+    status: dict[str, Any] = {
+        "vmwu_version": __version__,
+        "unit": desc.name,
+        "unit_path": os.fspath(opts.unit.absolute()),
+        "node": os.uname().nodename,
+        "outcome": "vmwu-error" if error is not None else "app",
+        "exit_code": exit_code,
+        "app_exit_code": app_code,
+        "signal": guest_status.get("signal"),
+        "disk_full": state.disk_full,
+        "error": None
+        if error is None
+        else {"code": int(error.exit_code), "kind": type(error).__name__, "message": str(error)},
+        "params": list(opts.args),
+        "progress": state.fraction,
+        "timings": timings,
+        "qemu_peak_rss_kib": machine.peak_rss_kib,
+        "qemu_cpu_seconds": round(machine.cpu_seconds, 3),
+        "console_log": CONSOLE_LOG,
+        "guest": guest_status,
+        "cmdline": shlex.join(machine.argv),
+        "accel": prepared.accel.accel,
+        "accel_reason": prepared.accel.reason,
+    }
+    return RunResult(exit_code, out_dir, status, error, cmdline=machine.argv)
+
+
+def delta(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None:
+        return None
+    return round(b - a, 3)
+
+
+def keep_output_image(raw: Path, dest: Path) -> None:
+    if dest.suffix in (".qcow2", ".qcow"):
+        qemu_img.convert(raw, dest, src_format="raw", dst_format="qcow2", compress=True)
+    else:
+        # a sparse copy: an output disk is mostly empty
+        tools.run(["cp", "--sparse=always", raw, dest], disk_hint=str(dest.parent))
+
+
+def write_status(out_dir: Path, status: dict[str, Any]) -> None:
+    tmp = out_dir / f".{STATUS_JSON}.tmp"
+    tmp.write_text(json.dumps(status, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, out_dir / STATUS_JSON)
+
+
+def salvage(inst: Path, out_dir: Path, err: VmwuError) -> None:
+    """Keep what we can after an interruption."""
+    try:
+        if (inst / CONSOLE_LOG).exists() and out_dir.is_dir():
+            shutil.copyfile(inst / CONSOLE_LOG, out_dir / CONSOLE_LOG)
+        if (inst / "output.raw").exists() and out_dir.is_dir():
+            ext4.read_tree(inst / "output.raw", out_dir)
+            shutil.rmtree(out_dir / ".vmwu", ignore_errors=True)
+        write_status(
+            out_dir,
+            {
+                "vmwu_version": __version__,
+                "outcome": "vmwu-error",
+                "exit_code": int(err.exit_code),
+                "error": {
+                    "code": int(err.exit_code),
+                    "kind": type(err).__name__,
+                    "message": str(err),
+                },
+            },
+        )
+    except (OSError, VmwuError) as exc:
+        log.debug("salvage failed: %s", exc)
