@@ -298,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("pack", help="pack an application into a work unit (.ova)", add_help=False)
 
     sub.add_parser("run", help="launch one instance of a work unit", add_help=False)
+    sub.add_parser("sweep", help="run a parameter sweep (Nimrod plan) locally, on Slurm or Dask")
+    sub.add_parser("wrap", help="run a BOINC-style job.xml (host and VM tasks, checkpoints)")
 
     s = sub.add_parser("extract", help="copy the files out of an output image or a unit's disk")
     s.add_argument("image", help="an output image (raw/qcow2) or a .ova")
@@ -364,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+SUBSYSTEMS = {"sweep": "vmwu.sweep.cli", "wrap": "vmwu.wrapper.cli"}
+
 RUN_HELP = """usage: vmwu run UNIT.ova [--OPTION VALUE ...] [-- ARGS ...]
 
 Launch one instance of a work unit. ARGS become the instance parameters (/cdrom/param).
@@ -420,6 +424,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 0
             func = cmd_pack if command == "pack" else cmd_run
             return int(func(argparse.Namespace(), rest))
+        # Subsystems with command lines of their own: `vmwu sweep ...` (vmwu/sweep/cli.py)
+        # and `vmwu wrap ...` (vmwu/wrapper/cli.py) parse their arguments themselves.
+        if command in SUBSYSTEMS:
+            import importlib
+
+            module = importlib.import_module(SUBSYSTEMS[command])
+            return int(module.main(args_list[1:]))
         ns = build_parser().parse_args(args_list)
         return int(ns.func(ns, []))
     except VmwuError as exc:
