@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -79,6 +80,15 @@ def one_error_line(result: subprocess.CompletedProcess[str], code: int, *needles
     for needle in needles:
         assert needle in line, f"{needle!r} not in {line!r}"
     return line
+
+
+def assert_only_status(out: Path, result: subprocess.CompletedProcess[str]) -> None:
+    """A failure before any guest ran leaves just status.json with the error (issue 3:
+    vmwu's own failures are always in status.json), nothing else."""
+    assert sorted(p.name for p in out.iterdir()) == ["status.json"]
+    status = json.loads((out / "status.json").read_text())
+    assert status["outcome"] == "vmwu-error"
+    assert status["exit_code"] == result.returncode == status["error"]["code"]
 
 
 def add_fake_base(home: Home, name: str = "fake", arch: str = "x86_64") -> dict[str, Path]:
@@ -304,14 +314,14 @@ def run_unit(home: Home, unit: Path | str, *args: str) -> Any:
 def test_run_unit_missing(packed: Packed, tmp_path: Path) -> None:
     result = run_unit(packed.home.at(tmp_path), "nope.ova")
     one_error_line(result, BAD_INPUT, "nope.ova does not exist")
-    assert not (tmp_path / "out").exists()
+    assert_only_status(tmp_path / "out", result)
 
 
 def test_run_unit_that_is_not_a_tar(packed: Packed, tmp_path: Path) -> None:
     (tmp_path / "notes.ova").write_text("just some text\n" * 100)
     result = run_unit(packed.home.at(tmp_path), "notes.ova")
     one_error_line(result, BAD_INPUT, "notes.ova is not a .ova (tar) file")
-    assert not (tmp_path / "out").exists()
+    assert_only_status(tmp_path / "out", result)
 
 
 def test_run_truncated_unit(packed: Packed, tmp_path: Path) -> None:
@@ -319,7 +329,7 @@ def test_run_truncated_unit(packed: Packed, tmp_path: Path) -> None:
     (tmp_path / "half.ova").write_bytes(data[: len(data) // 2])
     result = run_unit(packed.home.at(tmp_path), "half.ova")
     one_error_line(result, BAD_INPUT, "half.ova is truncated or damaged")
-    assert not (tmp_path / "out").exists()
+    assert_only_status(tmp_path / "out", result)
 
 
 def test_run_unit_whose_manifest_does_not_match(packed: Packed, tmp_path: Path) -> None:
@@ -348,8 +358,9 @@ def test_run_refuses_hostile_member(
     packed: Packed, tmp_path: Path, member: tuple[tarfile.TarInfo, bytes | None], message: str
 ) -> None:
     evil = craft(tmp_path, good_entries() + [member])
-    one_error_line(run_unit(packed.home.at(tmp_path), evil), BAD_INPUT, message, "evil.ova")
-    assert not (tmp_path / "out").exists()
+    result = run_unit(packed.home.at(tmp_path), evil)
+    one_error_line(result, BAD_INPUT, message, "evil.ova")
+    assert_only_status(tmp_path / "out", result)
     assert not Path("/etc/cron.d/evil").exists()
 
 
@@ -375,7 +386,7 @@ def test_run_refuses_unknown_ovf_version(packed: Packed, tmp_path: Path) -> None
 def test_run_files_naming_a_missing_file(packed: Packed, tmp_path: Path) -> None:
     result = run_unit(packed.home.at(tmp_path), packed.unit, "--files", "nope.txt")
     one_error_line(result, BAD_INPUT, "--files", "nope.txt does not exist")
-    assert not (tmp_path / "out").exists()
+    assert_only_status(tmp_path / "out", result)
 
 
 def test_run_files_destination_count_mismatch(packed: Packed, tmp_path: Path) -> None:
@@ -416,7 +427,7 @@ def test_run_output_directory_not_empty(packed: Packed, tmp_path: Path) -> None:
 def test_run_unknown_accel(packed: Packed, tmp_path: Path) -> None:
     result = run_unit(packed.home.at(tmp_path), packed.unit, "--accel", "warp")
     one_error_line(result, BAD_INPUT, "unknown accelerator 'warp'", "auto, kvm, tcg")
-    assert not (tmp_path / "out").exists()  # refused before anything was created
+    assert_only_status(tmp_path / "out", result)  # refused before anything was created
 
 
 def test_run_misspelt_option_suggests(packed: Packed, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,15 +32,19 @@ def _catalog(path: Path | None):  # type: ignore[no-untyped-def]
 # -- pack ---------------------------------------------------------------------------------
 
 
+_BOOL_WORDS = {"0", "1", "true", "false", "yes", "no", "on", "off"}
+
+
 def _pack_args(argv: list[str]) -> tuple[str | None, str | None, str | None, bool, list[str]]:
-    """(spec, output, catalog, quiet, spec overrides) from ``vmwu pack`` arguments: the
-    spec file first, then pack's own flags mixed with --OPTION VALUE spec overrides."""
+    """(spec, output, catalog, quiet, spec overrides) from ``vmwu pack`` arguments: pack's
+    own flags, --OPTION VALUE spec overrides and the spec file, in any order."""
+    from vmwu.options import OptionKind, normalize
+    from vmwu.spec import OPTIONS
+
+    kinds = {normalize(n): o.kind for o in OPTIONS for n in (o.name, *o.aliases)}
     spec = output = catalog = None
     quiet = False
     rest: list[str] = []
-    if argv and not argv[0].startswith("-"):
-        spec = argv[0]
-        argv = argv[1:]
     i = 0
     while i < len(argv):
         token = argv[i]
@@ -57,8 +62,20 @@ def _pack_args(argv: list[str]) -> tuple[str | None, str | None, str | None, boo
                 output = inline
         elif token in ("-q", "--quiet"):
             quiet = True
-        else:
+        elif token.startswith("-") and token.strip("-"):
             rest.append(token)
+            kind = kinds.get(normalize(key.lstrip("-")).removeprefix("no-"))
+            # an unknown option keeps its value: parse_cli then names it (did you mean ...?)
+            takes_value = kind is not OptionKind.BOOL
+            if kind is OptionKind.BOOL and i < len(argv) and argv[i].lower() in _BOOL_WORDS:
+                takes_value = True
+            if not has_value and takes_value and i < len(argv):
+                rest.append(argv[i])
+                i += 1
+        elif spec is None:
+            spec = token
+        else:
+            raise BadInput(f"vmwu pack: unexpected argument {token!r} (one spec file only)")
     return spec, output, catalog, quiet, rest
 
 
@@ -102,6 +119,10 @@ def cmd_pack(args: argparse.Namespace, extra: list[str]) -> int:
 # -- run ----------------------------------------------------------------------------------
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     import shlex
 
@@ -110,12 +131,20 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     from vmwu.ui import InstanceLine
 
     opts, quiet = parse_run_args(extra)
+    # A batch system stops jobs with SIGTERM (Slurm: scancel, time limit): treat it like
+    # Ctrl-C, so QEMU is stopped and the outputs, console.log and status.json are kept.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     if opts.print_cmdline:
         result = run_unit(opts)
         print(shlex.join(result.cmdline))
         return 0
     with InstanceLine(opts.unit.stem, quiet=quiet) as line:
         result = run_unit(opts, on_update=line.update)
+    if opts.keep:
+        print(
+            f"vmwu: instance directory kept: {result.status.get('instance_dir')}", file=sys.stderr
+        )
     if result.error is not None:
         # One line, like every other error (issue 3 section 8): say where the outputs are
         # unless the error's hint already names the output directory.
@@ -429,7 +458,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command in SUBSYSTEMS:
             import importlib
 
-            module = importlib.import_module(SUBSYSTEMS[command])
+            try:
+                module = importlib.import_module(SUBSYSTEMS[command])
+            except ModuleNotFoundError as exc:
+                if exc.name != SUBSYSTEMS[command]:
+                    raise
+                raise BadInput(f"`vmwu {command}` is not available in vmwu {__version__}") from None
             return int(module.main(args_list[1:]))
         ns = build_parser().parse_args(args_list)
         return int(ns.func(ns, []))

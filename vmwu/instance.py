@@ -260,11 +260,13 @@ def warm_start(
         )
     except warm.TemplateFailed as exc:
         # A base that does not boot: boot it cold, which reports the failure (console
-        # tail, exit 243) like any other.
-        # The same kernel, initramfs and command line fail the same way next time: remember.
+        # tail, exit 243) like any other. A template that *stopped* (kernel panic, bad
+        # init) will stop again with the same kernel, initramfs and command line: remember
+        # that. One that was merely slow (a loaded node) may do better next time.
         log.info("warm-start template failed: %s", exc)
-        failed_marker.parent.mkdir(parents=True, exist_ok=True)
-        failed_marker.write_text(f"{exc}\n")
+        if exc.stopped:
+            failed_marker.parent.mkdir(parents=True, exist_ok=True)
+            failed_marker.write_text(f"{exc}\n")
         return cfg, f"cold boot: the warm-start template failed ({exc})"
     for d in cfg.drives:
         sizes_before[d.path] = warm.virtual_size(d.path)
@@ -295,9 +297,16 @@ class Prepared:
         )
 
     def shrink_disks(self) -> None:
-        """Give warm-started disks their own sizes back (after QEMU has exited)."""
+        """Give warm-started disks their own sizes back (after QEMU has exited) where they
+        outlive the instance: the output disk (read back, maybe kept as output-filename),
+        and the application disk when --overwrite writes it back into the unit. Shrinking
+        a qcow2 overlay costs ~0.5 s, so the others are left as they are."""
+        keep = {self.inst / "output.raw"}
+        if self.opts.overwrite:
+            keep.add(self.inst / "app.qcow2")
         for path, size in self.grown.items():
-            warm.resize(path, size)
+            if path in keep:
+                warm.resize(path, size)
         self.grown.clear()
 
     def release(self) -> None:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from vmwu import __version__
 from vmwu.errors import GuestNeverBooted, GuestTimeout, Interrupted, VmwuError
 from vmwu.events import EventReader, InstanceState, Phase
 from vmwu.instance import RunOptions, prepare
@@ -29,7 +30,12 @@ __all__ = ["RunOptions", "RunResult", "Update", "run_unit"]
 
 def run_unit(opts: RunOptions, *, on_update: Update | None = None) -> RunResult:
     t_begin = time.monotonic()
-    prepared = prepare(opts, check_output=not opts.print_cmdline)
+    try:
+        prepared = prepare(opts, check_output=not opts.print_cmdline)
+    except VmwuError as exc:
+        if not opts.print_cmdline:
+            record_early_failure(opts, exc)
+        raise
     if opts.print_cmdline:
         prepared.release()
         return RunResult(0, prepared.out_dir, {}, cmdline=build_argv(prepared.cfg))
@@ -59,6 +65,8 @@ def run_unit(opts: RunOptions, *, on_update: Update | None = None) -> RunResult:
         timings["qemu"] = round(t_exit - t_launch, 3)
         timings["collect"] = round(time.monotonic() - t_exit, 3)
         result.status["start"] = start_how
+        if opts.keep:
+            result.status["instance_dir"] = str(prepared.inst)
         if opts.overwrite and result.error is None:
             from vmwu.overwrite import overwrite_unit
 
@@ -78,6 +86,31 @@ def run_unit(opts: RunOptions, *, on_update: Update | None = None) -> RunResult:
             machine.shutdown(timeout=2.0)
         prepared.release()
         state.phase = Phase.DONE
+
+
+def record_early_failure(opts: RunOptions, exc: VmwuError) -> None:
+    """vmwu failed before any guest ran (bad input, missing tool or base, cache): still
+    leave a status.json with the error where the user asked for the outputs, if that
+    place is usable (a new or empty directory), so that a sweep sees why."""
+    out_dir = opts.output_directory
+    if out_dir is None:
+        return
+    try:
+        if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        salvage_status = {
+            "vmwu_version": __version__,
+            "unit_path": str(opts.unit),
+            "outcome": "vmwu-error",
+            "exit_code": int(exc.exit_code),
+            "app_exit_code": None,
+            "error": {"code": int(exc.exit_code), "kind": type(exc).__name__, "message": str(exc)},
+            "params": list(opts.args),
+        }
+        write_status(out_dir, salvage_status)
+    except OSError as err:
+        log.debug("could not record the failure in %s: %s", out_dir, err)
 
 
 def boot_and_watch(

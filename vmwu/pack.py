@@ -190,8 +190,16 @@ def stage_app(spec: Spec, script: str, dest: Path) -> None:
     bin_dir = dest / ".vmwu" / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
     script_path = bin_dir / spec.script_name
+    if script_path.exists():
+        raise BadInput(
+            f"{spec.app_import_dir}/.vmwu/bin/{spec.script_name} would be replaced by the "
+            "generated auto-run script",
+            hint="rename it, or set script-name",
+        )
     script_path.write_text(script)
     script_path.chmod(0o755)
+    # the agent runs this script first and treats it as the application
+    (dest / ".vmwu" / "autorun").write_text(spec.script_name + "\n")
     info = {"package-name": spec.package_name, "app-launch": spec.app_launch, "vmwu": __version__}
     (dest / ".vmwu" / "unit.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
 

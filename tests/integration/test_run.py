@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -237,3 +239,48 @@ def test_inspect_verifies(vmwu: Vmwu) -> None:
     assert summary["manifest"] == "verified"
     assert summary["base"]["name"] == "tiny"
     assert not summary["base"]["embedded"]
+
+
+def test_script_bin_extra_scripts_run_after_the_application(vmwu: Vmwu) -> None:
+    """Scripts the app folder brings in .vmwu/bin/ run after the unit's auto-run script
+    (thesis 5.1.4.1), even when their names sort first; the app's exit code is kept."""
+    unit = vmwu.pack(
+        "echo app >> /output/order.txt; exit 3",
+        name="scriptbin",
+        files={".vmwu/bin/00-extra.sh": "#!/bin/sh\necho extra >> /output/order.txt\nexit 9\n"},
+    )
+    result, out, status = vmwu.run(unit)
+    assert result.returncode == 3, result.stderr
+    assert (out / "order.txt").read_text() == "app\nextra\n"
+    assert status["app_exit_code"] == 3
+
+
+def test_sigterm_stops_the_guest_and_keeps_outputs(vmwu: Vmwu) -> None:
+    unit = vmwu.pack("echo started > /output/s.txt; sync; sleep 600", name="term")
+    out = vmwu.tmp / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vmwu", "run", unit, "--quiet", "--output-directory", out],
+        env={**os.environ, **vmwu.env},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (out / "console.log").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)  # the agent has not started the app yet
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 248, err
+    status = json.loads((out / "status.json").read_text())
+    assert status["error"]["kind"] == "Interrupted"
+    assert (out / "console.log").is_file()
+    leftover = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True)
+    assert leftover.stdout == ""  # no QEMU left behind
+
+
+def test_early_failure_still_writes_status_json(vmwu: Vmwu) -> None:
+    unit = vmwu.pack("true", name="early")
+    result, out, status = vmwu.run(unit, "--files", "missing.txt")
+    assert result.returncode == 241
+    assert status["outcome"] == "vmwu-error"
+    assert status["error"]["code"] == 241 and "missing.txt" in status["error"]["message"]

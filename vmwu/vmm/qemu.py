@@ -177,9 +177,14 @@ class MachineState(StrEnum):
 class QemuMachine:
     """One QEMU process. Use as a context manager so it is always cleaned up."""
 
-    def __init__(self, cfg: MachineConfig, *, log_path: Path) -> None:
+    def __init__(
+        self, cfg: MachineConfig, *, log_path: Path, die_with_parent: bool = False
+    ) -> None:
         self.cfg = cfg
         self.log_path = log_path  # QEMU's own stderr
+        # Killed by the kernel when this process dies (even by SIGKILL): the wrapper's VMs
+        # must not run on, unsupervised, after a `kill -9` of the wrapper.
+        self.die_with_parent = die_with_parent
         self.argv = build_argv(cfg)
         self.state = MachineState.CONFIGURED
         self._proc: subprocess.Popen[bytes] | None = None
@@ -197,11 +202,21 @@ class QemuMachine:
         argv = list(self.argv)
         argv[0] = tools.which(argv[0])
         log.debug("launch: %s", shlex.join(argv))
+        preexec = None
+        if self.die_with_parent:
+            from vmwu.vmm.lifetime import die_with_parent
+
+            preexec = die_with_parent()
         with open(self.log_path, "wb") as err:
             stdin = open(self.cfg.incoming, "rb") if self.cfg.incoming else subprocess.DEVNULL
             try:
                 self._proc = subprocess.Popen(
-                    argv, stdin=stdin, stdout=err, stderr=err, start_new_session=True
+                    argv,
+                    stdin=stdin,
+                    stdout=err,
+                    stderr=err,
+                    start_new_session=True,
+                    preexec_fn=preexec,
                 )
             finally:
                 if not isinstance(stdin, int):

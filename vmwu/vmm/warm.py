@@ -104,7 +104,12 @@ def resize(path: Path, size: int) -> None:
 
 class TemplateFailed(HostFailure):
     """The template VM never got ready (a base that does not boot): boot cold instead, so
-    that the failure is reported like any other boot failure."""
+    that the failure is reported like any other boot failure. ``stopped``: the VM ended
+    by itself (it will again), rather than running out of time."""
+
+    def __init__(self, message: str, *, stopped: bool) -> None:
+        super().__init__(message)
+        self.stopped = stopped
 
 
 def save_state(
@@ -133,9 +138,9 @@ def save_state(
         deadline = time.monotonic() + timeout
         while not any(e.get("event") == "ready" for e in reader.read()):
             if vm.poll() is not None:
-                raise TemplateFailed("it stopped before the agent was ready")
+                raise TemplateFailed("it stopped before the agent was ready", stopped=True)
             if time.monotonic() > deadline:
-                raise TemplateFailed(f"the agent was not ready within {timeout:g} s")
+                raise TemplateFailed(f"the agent was not ready within {timeout:g} s", stopped=False)
             vm.wait_exit_event(0.02)
         # Migrate while running (no "stop" first): the stream then records the VM as
         # running, so a restore resumes it by itself, without a QMP "cont".
