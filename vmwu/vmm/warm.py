@@ -28,6 +28,7 @@ from vmwu import tools
 from vmwu.errors import HostFailure
 from vmwu.events import EventReader
 from vmwu.vmm.qemu import DriveKind, MachineConfig, QemuMachine
+from vmwu.vmm.snapshot import save_vm
 
 log = logging.getLogger(__name__)
 
@@ -144,18 +145,6 @@ def save_state(
             vm.wait_exit_event(0.02)
         # Migrate while running (no "stop" first): the stream then records the VM as
         # running, so a restore resumes it by itself, without a QMP "cont".
-        with open(dest, "wb") as fh:
-            qmp = vm.qmp()
-            qmp.send_fd_scm(fh.fileno())
-            vm.command("getfd", fdname="vmwustate")
-            vm.command("migrate-set-parameters", **{"max-bandwidth": 64 * 1024**3})
-            vm.command("migrate", uri="fd:vmwustate")
-            while True:
-                status = vm.command("query-migrate").get("status")
-                if status == "completed":
-                    break
-                if status in ("failed", "cancelled"):
-                    raise HostFailure(f"saving the warm-start state failed ({status})")
-                time.sleep(0.02)
+        save_vm(vm, dest)
         vm.command("quit")
         vm.wait(10)
