@@ -12,6 +12,9 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 # lz4/zstd: the fast-boot kernel; dpkg/apt: building bases from packages; g++: the examples.
 PACKAGES=(python3 python3-venv python3-pip qemu-system-x86 qemu-utils e2fsprogs lz4 zstd
           g++ libc6-dev ca-certificates)
+# slurm-wlm, slurmctld, slurmd, slurm-client, munge: the Slurm executor of `vmwu sweep` and the
+# single-node test cluster its tests start (scripts/slurm-test-cluster.sh).
+PACKAGES+=(slurm-wlm slurmctld slurmd slurm-client munge)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
