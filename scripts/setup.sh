@@ -9,9 +9,10 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # qemu-system-x86 / qemu-utils: the VMM and qemu-img; e2fsprogs: mkfs.ext4 -d and debugfs;
-# lz4/zstd: the fast-boot kernel; dpkg/apt: building bases from packages; g++: the examples.
+# lz4/zstd: the fast-boot kernel; dpkg/apt: building bases from packages; g++: the examples;
+# qemu-system-arm + g++-aarch64-linux-gnu: arm64 guests and the arm64 Mandelbrot example.
 PACKAGES=(python3 python3-venv python3-pip qemu-system-x86 qemu-utils e2fsprogs lz4 zstd
-          g++ libc6-dev ca-certificates)
+          g++ libc6-dev ca-certificates qemu-system-arm g++-aarch64-linux-gnu)
 # slurm-wlm, slurmctld, slurmd, slurm-client, munge: the Slurm executor of `vmwu sweep` and the
 # single-node test cluster its tests start (scripts/slurm-test-cluster.sh).
 PACKAGES+=(slurm-wlm slurmctld slurmd slurm-client munge)

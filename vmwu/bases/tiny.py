@@ -3,7 +3,8 @@
 Built from distribution packages without root mounts and without network inside a guest:
 
 1. ``apt-get download`` the cloud kernel (``linux-image-cloud-amd64``'s current
-   dependency) and ``busybox-static`` (or use ``.deb`` files given on the command line);
+   dependency; ``-arm64`` for an arm64 base, through a private apt state, see apt.py) and
+   ``busybox-static`` (or use ``.deb`` files given on the command line);
 2. ``dpkg-deb -x`` both into a scratch directory;
 3. write a gzip'd newc initramfs: busybox, the agent and its helpers, ``/init``, and the
    kernel modules the vmwu disks need (virtio PCI/block/SCSI, isofs, CD-ROM) in
@@ -24,68 +25,83 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from vmwu import AGENT_VERSION, guest, paths, tools
+from vmwu.bases.apt import Apt
 from vmwu.catalog import BaseFile, BaseImage, Catalog, base_identity
-from vmwu.errors import BadInput, HostFailure, ToolFailed, VmwuError
+from vmwu.errors import BadInput, VmwuError
 from vmwu.images import cpio
 from vmwu.ova import file_sha256
 from vmwu.unit import BootMethod, FileRole
 
 log = logging.getLogger(__name__)
 
-KERNEL_META = "linux-image-cloud-amd64"
 BUSYBOX = "busybox-static"
 
-# Modules the guest needs for the vmwu disks (loaded with their dependencies, in order);
-# the SCSI CD-ROM ones only when the launcher attaches the ISO as a CD-ROM.
-MODULES = ("virtio_pci", "virtio_blk", "isofs")
+
+@dataclass(frozen=True)
+class ArchProfile:
+    """What differs between architectures of the tiny base."""
+
+    arch: str  # vmwu's name (catalog, app-architecture)
+    deb_arch: str  # Debian's name
+    kernel_meta: str  # the metapackage pointing at the current cloud kernel
+    kernel_format: str  # how QEMU takes the kernel file
+    modules: tuple[str, ...]  # loaded at boot, with their dependencies, in order
+    cmdline: str
+
+
+# Modules the guest needs for the vmwu disks; the SCSI CD-ROM ones are loaded only when the
+# launcher attaches the ISO as a CD-ROM (vmwu.cdrom_dev=scsi).
 CDROM_MODULES = ("virtio_scsi", "sr_mod")
 
-# Tuned for TCG (../notes/fast-boot.md): no crypto self-tests, no ACPI (we end with
-# reboot -f under -no-reboot), no timer calibration, no KASLR.
-CMDLINE = (
-    "console=ttyS0 quiet panic=-1 cryptomgr.notests mitigations=off "
-    "lapic_timer_period=4000000 no_timer_check nokaslr edd=off audit=0 apparmor=0 "
-    "security=none acpi=off"
-)
+PROFILES = {
+    "x86_64": ArchProfile(
+        arch="x86_64",
+        deb_arch="amd64",
+        kernel_meta="linux-image-cloud-amd64",
+        kernel_format="bzimage",
+        modules=("virtio_pci", "virtio_blk", "isofs"),
+        # Tuned for TCG (shared/notes/fast-boot.md): no crypto self-tests, no ACPI (we end
+        # with reboot -f under -no-reboot), no timer calibration, no KASLR. Events go to
+        # the second 8250 UART (ttyS1).
+        cmdline=(
+            "console=ttyS0 quiet panic=-1 cryptomgr.notests mitigations=off "
+            "lapic_timer_period=4000000 no_timer_check nokaslr edd=off audit=0 apparmor=0 "
+            "security=none acpi=off"
+        ),
+    ),
+    "aarch64": ArchProfile(
+        arch="aarch64",
+        deb_arch="arm64",
+        kernel_meta="linux-image-cloud-arm64",
+        kernel_format="image",
+        # QEMU's "virt" board has a single UART (the console, ttyAMA0): the agent's events
+        # go to a virtio console (hvc0) instead.
+        modules=("virtio_pci", "virtio_blk", "virtio_console", "isofs"),
+        cmdline=(
+            "console=ttyAMA0 quiet panic=-1 cryptomgr.notests mitigations=off nokaslr "
+            "audit=0 apparmor=0 security=none vmwu.events=/dev/hvc0"
+        ),
+    ),
+}
+# The x86_64 command line, which other x86 bases built from the cloud kernel reuse.
+CMDLINE = PROFILES["x86_64"].cmdline
+ARCH_ALIASES = {"amd64": "x86_64", "x86_64": "x86_64", "arm64": "aarch64", "aarch64": "aarch64"}
+
+
+def profile(arch: str) -> ArchProfile:
+    try:
+        return PROFILES[ARCH_ALIASES[arch.lower()]]
+    except KeyError:
+        raise BadInput(
+            f"the tiny base cannot be built for {arch!r}", hint="use --arch amd64 or arm64"
+        ) from None
+
 
 Step = Callable[[str], None]
-
-
-def _resolve_kernel_package() -> str:
-    out = tools.output(["apt-cache", "depends", KERNEL_META])
-    match = re.search(r"Depends:\s*(linux-image-\S+)", out)
-    if not match:
-        raise HostFailure(
-            f"cannot find the kernel package behind {KERNEL_META}",
-            hint="run `apt-get update`, or pass --kernel-deb FILE",
-        )
-    return match.group(1)
-
-
-def download(packages: list[str], dest: Path) -> list[Path]:
-    """``apt-get download`` into ``dest``; returns the .deb files."""
-    dest.mkdir(parents=True, exist_ok=True)
-    try:
-        tools.run(
-            ["apt-get", "download", "-o", "APT::Sandbox::User=root", *packages],
-            cwd=dest,
-            disk_hint=str(dest),
-        )
-    except ToolFailed as exc:
-        raise HostFailure(
-            f"apt-get download {' '.join(packages)} failed: {exc.stderr.strip().splitlines()[-1:]}",
-            hint="run `apt-get update` (as root) or pass --kernel-deb/--busybox-deb",
-        ) from exc
-    debs = []
-    for pkg in packages:
-        found = sorted(dest.glob(f"{pkg}_*.deb"))
-        if not found:
-            raise HostFailure(f"apt-get download did not produce {pkg}_*.deb in {dest}")
-        debs.append(found[-1])
-    return debs
 
 
 def module_order(moddir: Path, wanted: tuple[str, ...]) -> list[Path]:
@@ -178,21 +194,26 @@ def build_tiny(
     name: str = "tiny",
     kernel_deb: Path | None = None,
     busybox_deb: Path | None = None,
+    arch: str = "x86_64",
     replace: bool = False,
     step: Step = lambda msg: None,
 ) -> BaseImage:
+    prof = profile(arch)
     if not replace and catalog.exists(name):
         raise BadInput(f"base '{name}' already exists in {catalog.path}", hint="use --replace")
     downloads = paths.cache_dir() / "downloads"
     wanted = []
+    apt = Apt(prof.deb_arch)
+    if kernel_deb is None or busybox_deb is None:
+        step("finding the kernel package" + (f" ({prof.deb_arch})" if apt.foreign else ""))
+        apt.update()
     if kernel_deb is None:
-        step("finding the kernel package")
-        wanted.append(_resolve_kernel_package())
+        wanted.append(apt.depends(prof.kernel_meta))
     if busybox_deb is None:
         wanted.append(BUSYBOX)
     if wanted:
         step(f"downloading {', '.join(wanted)}")
-        got = download(wanted, downloads)
+        got = apt.download(wanted, downloads)
         if kernel_deb is None:
             kernel_deb = got.pop(0)
         if busybox_deb is None:
@@ -217,8 +238,8 @@ def build_tiny(
             raise BadInput(f"{busybox_deb} holds no /bin/busybox: is it busybox-static?")
         step("writing the initramfs")
         moddir = tmp / "kernel" / "lib" / "modules" / version
-        modules = module_order(moddir, MODULES)
-        cdrom = [m for m in module_order(moddir, MODULES + CDROM_MODULES) if m not in modules]
+        modules = module_order(moddir, prof.modules)
+        cdrom = [m for m in module_order(moddir, prof.modules + CDROM_MODULES) if m not in modules]
         staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=_ensure(base_dir.parent)))
         try:
             build_initramfs(busybox, modules, cdrom, staging / "initrd.img")
@@ -233,7 +254,7 @@ def build_tiny(
 
     files = []
     for role, fname, fmt in (
-        (FileRole.KERNEL, "kernel", "bzimage"),
+        (FileRole.KERNEL, "kernel", prof.kernel_format),
         (FileRole.INITRD, "initrd.img", "cpio"),
     ):
         sha, size = file_sha256(base_dir / fname)
@@ -246,7 +267,7 @@ def build_tiny(
         name=name,
         description=f"busybox + vmwu agent on Debian's cloud kernel {version} (direct boot)",
         location=str(base_dir),
-        architecture="x86_64",
+        architecture=prof.arch,
         guest_os=f"linux{major_minor}",
         filesystem="ext4",
         input_device="LABEL=VMWU-APP",
@@ -259,7 +280,7 @@ def build_tiny(
         format="direct-kernel",
         boot_method=BootMethod.DIRECT_KERNEL.value,
         agent_version=AGENT_VERSION,
-        cmdline=CMDLINE,
+        cmdline=prof.cmdline,
         cdrom_as_hard_disk=True,
         files=tuple(files),
     )

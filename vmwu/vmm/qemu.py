@@ -118,13 +118,20 @@ def boot_args(cfg: MachineConfig) -> list[str]:
 
 
 def serial_args(cfg: MachineConfig) -> list[str]:
-    """ttyS0 = console (kept as console.log), ttyS1 = the agent's event port."""
+    """The console (kept as console.log) and the agent's event port: on x86 the first and
+    second 8250 UARTs (ttyS0, ttyS1); on the aarch64 "virt" board, which has one UART, the
+    PL011 (ttyAMA0) and a virtio console (hvc0)."""
     args: list[str] = []
     for name, path in (("con", cfg.console_log), ("ev", cfg.events_log)):
         if path is None:
-            args += ["-serial", "null"]
+            if name == "con" or cfg.arch != "aarch64":
+                args += ["-serial", "null"]
+            continue
+        args += ["-chardev", f"file,id={name},path={opt(path)}"]
+        if name == "ev" and cfg.arch == "aarch64":
+            args += ["-device", "virtio-serial-pci,id=vser0", "-device", "virtconsole,chardev=ev"]
         else:
-            args += ["-chardev", f"file,id={name},path={opt(path)}", "-serial", f"chardev:{name}"]
+            args += ["-serial", f"chardev:{name}"]
     return args
 
 
