@@ -158,7 +158,7 @@ def drive(
 
 
 def cmd_run(argv: list[str]) -> int:
-    from vmwu.sweep.executors import check_name
+    from vmwu.sweep.executors import Context, check_name, get_executor
     from vmwu.sweep.experiment import SweepOptions, check_results_dir, prepare_jobs
     from vmwu.sweep.plan import load_plan
 
@@ -189,7 +189,11 @@ def cmd_run(argv: list[str]) -> int:
         return 0
     results = Path(ns.results or f"{plan_path.stem}-results").absolute()
     check_results_dir(results)
-    load_plan(plan_path)  # a bad plan fails before anything is created
+    # Everything that can be checked is, before anything is created: the plan, its jobs,
+    # and whether the executor can be reached.
+    plan = load_plan(plan_path)
+    prepare_jobs(plan, opts.input_dir or plan_path.absolute().parent, opts.overrides)
+    get_executor(executor, Context(results, "check", options=exec_opts)).check()
     results.mkdir(parents=True, exist_ok=True)
     return drive(results, quiet=ns.quiet, create_args=(plan_path, opts))
 

@@ -37,6 +37,7 @@ from vmwu.sweep.journal import ACTIVE, JobRow, State
 from vmwu.sweep.layout import Layout, read_json
 from vmwu.sweep.model import Step, StepKind, Task
 from vmwu.sweep.progress import SweepProgress
+from vmwu.sweep.runner import tool_path
 from vmwu.sweep.summary import write_summary
 
 SUMMARY_EVERY = 2.0  # seconds between rewrites of results.csv/json while running
@@ -404,6 +405,7 @@ def _root_step(
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
+        env={**os.environ, "PATH": tool_path(), "VMWU_RESULTS": str(results)},
         check=False,
     ).returncode
     if code != 0:

@@ -81,7 +81,11 @@ def parse_toml_plan(text: str, path: Path, source: str | None = None) -> Plan:
     except tomllib.TOMLDecodeError as err:
         message = str(err)
         match = _AT.search(message)
-        where = f"{source}:{match[1]}:{match[2]}" if match else f"{source}:1:1"
+        if match:
+            where = f"{source}:{match[1]}:{match[2]}"
+        else:  # "(at end of document)"
+            where = f"{source}:{max(1, len(text.splitlines()))}:1"
+            message = message.replace(" (at end of document)", " at the end of the file")
         raise SpecError(where, f"invalid TOML: {_AT.sub('', message)}") from None
     loc = _Locator(text, source)
     _known(data, ("parameter", "task"), loc, 0, "top-level key")

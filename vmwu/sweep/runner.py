@@ -118,9 +118,7 @@ class Runner:
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        # `vmwu run` in a plan must find this vmwu, wherever the node's PATH points
-        bindir = str(Path(sys.executable).parent)
-        env["PATH"] = bindir + os.pathsep + env.get("PATH", "/usr/bin:/bin")
+        env["PATH"] = tool_path()
         env.update(
             VMWU_JOB_ID=self.job_id,
             VMWU_JOB_ATTEMPT=str(self.attempt),
@@ -217,6 +215,11 @@ class Runner:
         )
         code = self.child.wait()
         self.child = None
+        if code in (-signal.SIGTERM, 128 + signal.SIGTERM):
+            # scancel (and `vmwu sweep cancel`) may signal the whole process tree at once:
+            # give our own SIGTERM a moment to arrive, so that a cancelled job does not
+            # leave a "failed" result behind.
+            time.sleep(0.5)
         return 128 - code if code < 0 else code
 
     def node_path(self, text: str, where: str) -> Path:
@@ -250,7 +253,7 @@ class Runner:
             if target.exists():
                 shutil.rmtree(target) if target.is_dir() else target.unlink()
         else:
-            shutil.copy2(source, partial)
+            copy_file(source, partial)
         os.replace(partial, target)
 
     def substitute(self, step: Step, src: str, dest: str) -> None:
@@ -354,6 +357,22 @@ class Runner:
             return 0
         code = outcome.exit_code if outcome.exit_code is not None else 1
         return code if 0 < code < 256 else 1
+
+
+def copy_file(src: Path, dest: Path) -> None:
+    """Copy keeping holes (output images are mostly empty) and timestamps."""
+    if src.stat().st_size < 1024 * 1024:
+        shutil.copy2(src, dest)
+        return
+    from vmwu import tools
+
+    tools.run(["cp", "--sparse=always", "--preserve=timestamps", src, dest], disk_hint=str(dest))
+
+
+def tool_path() -> str:
+    """PATH with this Python's bin directory first: a plan's `vmwu` (and `python3`) is
+    this vmwu, whatever the node's PATH says."""
+    return str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin")
 
 
 def _move(src: Path, dest: Path) -> None:

@@ -86,7 +86,8 @@ class DaskExecutor(Executor):
                 "the dask executor needs the 'distributed' package",
                 hint="pip install distributed (scripts/setup.sh installs it)",
             ) from None
-        self._connect()
+        if self.address:  # a LocalCluster is started when the first job is submitted
+            self._connect()
 
     @property
     def slots(self) -> int | None:

@@ -7,8 +7,11 @@ start time (``pid:PID:START`` handles) and waits for them.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -99,11 +102,21 @@ class LocalExecutor(Executor):
         return out
 
     def cancel(self, handles: Mapping[str, str]) -> None:
-        for handle in handles.values():
-            pid, start = parse_handle(handle)
+        # The runner first (it stops its steps and leaves no result), then anything left.
+        stamps = {h: parse_handle(h) for h in handles.values()}
+        for pid, start in stamps.values():
             if procs.alive(pid, start):
-                procs.kill_tree(pid, grace=5.0)
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for handle, (pid, start) in stamps.items():
             child = self.children.pop(handle, None)
+            while time.monotonic() < deadline and procs.alive(pid, start):
+                if child is not None and child.poll() is not None:
+                    break
+                time.sleep(0.05)
+            if procs.alive(pid, start):
+                procs.kill_tree(pid, grace=2.0)
             if child is not None:
                 child.wait()
 

@@ -111,7 +111,7 @@ class SlurmExecutor(Executor):
             "--parsable",
             f"--job-name={name}",
             f"--array=0-{len(subs) - 1}",
-            f"--output={layout.slurm / (batch + '_%a.out')}",
+            f"--output={layout.slurm / '%A_%a.out'}",
             f"--chdir={self.ctx.results}",
             "--ntasks=1",
             "--cpus-per-task=1",

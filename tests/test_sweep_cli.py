@@ -1,0 +1,316 @@
+"""`vmwu sweep` as users run it, with plans whose tasks are plain shell commands (no QEMU):
+bad input and faults give one line and a documented exit code; the local executor, the
+node-side runner, resume, status, cancel, report and export end to end."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import run_vmwu
+from vmwu.errors import HostDiskFull
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
+    assert result.returncode == code, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("vmwu: error: ")
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+SIMPLE = """parameter n integer range from 1 to 3 step 1
+parameter word text select anyof "a b" "it's $HOME"
+task main
+    copy input.txt node:in.txt
+    node:execute printf '%s|%s\\n' ${n} ${word} > out.txt; cat in.txt >> out.txt
+    node:substitute node:out.txt node:sub.txt
+    copy node:out.txt out_${n}.txt
+    copy node:sub.txt sub.txt
+endtask
+task rootfinish
+    execute cat jobs/*/out_*.txt | sort > all.txt
+endtask
+"""
+
+
+@pytest.fixture
+def plan(tmp_path: Path) -> Path:
+    write(tmp_path / "input.txt", "input ${n}\n")
+    return write(tmp_path / "t.plan", SIMPLE)
+
+
+def sweep(*args: Any, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return run_vmwu("sweep", *args, cwd=cwd, timeout=120)
+
+
+def test_a_local_sweep_end_to_end(plan: Path, tmp_path: Path) -> None:
+    result = sweep(plan, "--results", "res", "-j", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    res = tmp_path / "res"
+    jobs = sorted((res / "jobs").iterdir())
+    assert len(jobs) == 6
+    for job in jobs:
+        info = json.loads((job / "job.json").read_text())
+        assert info["state"] == "done" and info["exit_code"] == 0 and info["final"]
+        assert (job / "task.log").is_file()
+    # values are shell-quoted in execute lines: spaces, quotes and $ arrive intact
+    all_txt = (res / "all.txt").read_text().splitlines()
+    assert "1|a b" in all_txt and "3|it's $HOME" in all_txt
+    # substitute replaced ${n} in the node file; copy kept the literal text
+    one = next(j for j in jobs if (j / "out_1.txt").exists())
+    assert "input ${n}" in (one / "out_1.txt").read_text()
+    assert "input 1" in (one / "sub.txt").read_text()
+    csv_rows = (res / "results.csv").read_text().splitlines()
+    assert csv_rows[0].startswith("job,n,word,state,exit_code,attempts,node")
+    assert len(csv_rows) == 7
+    status = run_vmwu("sweep", "status", res)
+    assert "6: 6 done, 0 failed" in status.stdout
+    # a second run of the same plan adds nothing and runs nothing
+    again = sweep(plan, "--results", "res", cwd=tmp_path)
+    assert again.returncode == 0
+    assert "6 jobs (0 new)" in again.stderr
+    events = json.loads(run_vmwu("sweep", "status", res, "--json").stdout)
+    assert all(j["attempts"] == 1 for j in events["jobs"])
+    # the timeline
+    report = run_vmwu("sweep", "report", res)
+    assert report.returncode == 0, report.stderr
+    png = Path(report.stdout.strip())
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_dry_run_lists_the_jobs(plan: Path, tmp_path: Path) -> None:
+    result = sweep(plan, "--dry-run", cwd=tmp_path)
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert len(lines) == 6 and lines[0].startswith("j-")
+    assert not (tmp_path / "t-results").exists()
+
+
+def test_failed_jobs_are_recorded_not_retried(tmp_path: Path) -> None:
+    p = write(
+        tmp_path / "f.plan",
+        "parameter n integer range from 1 to 2 step 1\n"
+        "task main\n  exec exit $((${n} + 1))\nendtask\n",
+    )
+    result = sweep(p, cwd=tmp_path)
+    assert result.returncode == 1
+    data = json.loads((tmp_path / "f-results" / "results.json").read_text())
+    assert [(j["state"], j["exit_code"], j["attempts"]) for j in data["jobs"]] == [
+        ("failed", 2, 1),
+        ("failed", 3, 1),
+    ]
+    # ...unless asked
+    retried = sweep(p, "--results", "r2", "--retry-app-failures", "--retries", "1", cwd=tmp_path)
+    assert retried.returncode == 1
+    data = json.loads((tmp_path / "r2" / "results.json").read_text())
+    assert [j["attempts"] for j in data["jobs"]] == [2, 2]
+    assert (tmp_path / "r2" / "attempts").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("plan_text", "expected"),
+    [
+        (
+            "parameter n integer range from 1 to 3 stp 1\ntask main\nexec true\nendtask\n",
+            "t.plan:1:39: expected step or points, found 'stp' (did you mean 'step'?)",
+        ),
+        (
+            "parameter n integer default 1\ntask main\n  exec echo ${m}\nendtask\n",
+            "t.plan:3:13: unknown parameter ${m}",
+        ),
+        (
+            "parameter n integer\ntask main\nexec true\nendtask\n",
+            "t.plan:1:20: empty domain: parameter n has no values",
+        ),
+        (
+            "parameter n integer range from 1 to 3 step 0\ntask main\nexec true\nendtask\n",
+            "t.plan:1:21: step 0",
+        ),
+        (
+            "parameter n integer range from 1 to 2 step 1\n"
+            "task main\n  copy ${n}.dat node:in\nendtask\n",
+            "t.plan:3:3: copy: 1.dat does not exist in",
+        ),
+    ],
+)
+def test_bad_plans(tmp_path: Path, plan_text: str, expected: str) -> None:
+    p = write(tmp_path / "t.plan", plan_text)
+    line = one_line_error(sweep(p, cwd=tmp_path), 241)
+    assert f"vmwu: error: {tmp_path}/{expected}" in line
+    assert not (tmp_path / "t-results").exists()
+
+
+def test_unknown_executor(plan: Path, tmp_path: Path) -> None:
+    line = one_line_error(sweep(plan, "--executor", "slrum", cwd=tmp_path), 241)
+    assert "unknown executor 'slrum'" in line and "did you mean 'slurm'" in line
+
+
+def test_missing_plan_and_bad_options(tmp_path: Path) -> None:
+    assert "no such plan file" in one_line_error(sweep("nope.plan", cwd=tmp_path), 241)
+    assert "unrecognized arguments" in one_line_error(sweep("x.plan", "--bogus", cwd=tmp_path), 241)
+    line = one_line_error(run_vmwu("sweep", "status", tmp_path), 241)
+    assert "is not a sweep results directory" in line
+
+
+def test_results_of_another_plan_are_refused_unless_forced(plan: Path, tmp_path: Path) -> None:
+    assert sweep(plan, "--results", "res", cwd=tmp_path).returncode == 0
+    other = write(tmp_path / "other.plan", SIMPLE.replace("to 3 step 1", "to 4 step 1"))
+    line = one_line_error(sweep(other, "--results", "res", cwd=tmp_path), 241)
+    assert "holds the results of another plan" in line and "--force" in line
+    forced = sweep(other, "--results", "res", "--force", cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr
+    assert "8 jobs (2 new)" in forced.stderr  # the 6 jobs with the same values are kept
+    # a directory with other files in it is not a results directory
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x").write_text("x")
+    assert "is not empty" in one_line_error(sweep(plan, "--results", "junk", cwd=tmp_path), 241)
+
+
+def test_slurm_not_reachable(plan: Path, tmp_path: Path) -> None:
+    conf = tmp_path / "slurm.conf"
+    conf.write_text(
+        "ClusterName=nowhere\nSlurmctldHost=localhost\nSlurmctldPort=1\n"
+        "NodeName=localhost CPUs=1\nPartitionName=p Nodes=localhost Default=YES\n"
+    )
+    result = run_vmwu(
+        "sweep",
+        plan,
+        "--executor",
+        "slurm",
+        cwd=tmp_path,
+        env={"SLURM_CONF": str(conf)},
+        timeout=120,
+    )
+    line = one_line_error(result, 247)
+    assert "Slurm is not reachable" in line
+    missing = run_vmwu(
+        "sweep",
+        plan,
+        "--executor",
+        "slurm",
+        "--results",
+        "r2",
+        cwd=tmp_path,
+        env={"SLURM_CONF": str(tmp_path / "nope.conf")},
+    )
+    assert "SLURM_CONF" in one_line_error(missing, 247)
+
+
+def test_runner_leaves_no_half_written_result_when_the_disk_fills(
+    plan: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vmwu.sweep.experiment import SweepOptions, create
+    from vmwu.sweep.runner import exec_job
+
+    exp = create(plan, tmp_path / "res", SweepOptions())
+    job = exp.journal.jobs()[0].id
+    real_open = open
+
+    def full_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if "w" in mode and f"/jobs/.{job}.tmp-" in str(file) and "job.json" in str(file):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", full_open)
+    with pytest.raises(HostDiskFull, match="no space left"):
+        exec_job(exp.results, job, 1)
+    assert os.listdir(exp.results / "jobs") == []  # neither a result nor a temporary one
+    assert os.listdir(exp.results / "run") == []
+
+
+def test_kill_9_of_the_driver_then_resume(tmp_path: Path) -> None:
+    p = write(
+        tmp_path / "s.plan",
+        "parameter n integer range from 1 to 6 step 1\n"
+        "task main\n  exec sleep 1; echo ${n} > o\n  copy node:o o\nendtask\n",
+    )
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "vmwu", "sweep", str(p), "-j", "2", "-q"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    res = tmp_path / "s-results"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list((res / "jobs").glob("j-*")):
+        time.sleep(0.05)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    result = run_vmwu("sweep", "resume", res, timeout=120)
+    assert result.returncode == 0, result.stderr
+    data = json.loads((res / "results.json").read_text())
+    assert [j["state"] for j in data["jobs"]] == ["done"] * 6
+    assert all(j["attempts"] == 1 for j in data["jobs"])  # nothing ran twice
+    names = sorted(os.listdir(res / "jobs"))
+    assert len(names) == 6 and all(n.startswith("j-") for n in names)
+    for name in names:
+        assert (res / "jobs" / name / "job.json").is_file()
+
+
+def test_cancel_stops_a_running_sweep(tmp_path: Path) -> None:
+    p = write(
+        tmp_path / "c.plan",
+        "parameter n integer range from 1 to 4 step 1\ntask main\n  exec sleep 60\nendtask\n",
+    )
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "vmwu", "sweep", str(p), "-j", "2", "-q"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    res = tmp_path / "c-results"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list((res / "run").glob("*.json"))) < 2:
+        time.sleep(0.05)
+    result = run_vmwu("sweep", "cancel", res, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "4 cancelled" in result.stdout
+    assert driver.wait(timeout=60) == 1
+    assert list((res / "jobs").iterdir()) == []
+    leftover = subprocess.run(["pgrep", "-f", f"exec-job {res}"], capture_output=True, text=True)
+    assert leftover.stdout.strip() == ""
+
+
+def test_export_runs_without_the_driver(plan: Path, tmp_path: Path) -> None:
+    for fmt in ("slurm", "sge", "htcondor"):
+        result = run_vmwu("sweep", "export", "--format", fmt, plan, "-o", tmp_path / fmt)
+        assert result.returncode == 0, result.stderr
+    out = tmp_path / "sge"
+    assert "#$ -t 1-6" in (out / "submit.sge").read_text()
+    assert "#SBATCH --array=1-6" in (tmp_path / "slurm" / "submit.slurm").read_text()
+    assert "queue job from" in (tmp_path / "htcondor" / "submit.htcondor").read_text()
+    assert len((out / "jobs.tsv").read_text().splitlines()) == 6
+    for n in range(1, 7):
+        run = subprocess.run(["sh", str(out / "task.sh"), str(n)], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+    done = sorted((out / "jobs").iterdir())
+    assert len(done) == 6
+    texts = sorted(
+        (d / next(f for f in os.listdir(d) if f.startswith("out_"))).read_text() for d in done
+    )
+    assert texts[0].startswith("1|a b") and "3|it's $HOME" in "".join(texts)
+    assert (
+        "input 1" in (done[0] / "sub.txt").read_text()
+        or "input" in (done[0] / "sub.txt").read_text()
+    )
+    assert (out / "rootfinish.sh").is_file()
+    # the same ids as the driver would give
+    dry = sweep(plan, "--dry-run", cwd=tmp_path).stdout.split()
+    assert {d.name for d in done} == {w for w in dry if w.startswith("j-")}
