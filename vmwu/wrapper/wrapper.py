@@ -444,7 +444,7 @@ class Wrapper:
         except Exception as exc:  # noqa: BLE001 - a failed checkpoint must not end the job
             kept = self.store.newest()
             what = f"{kept.name} is kept" if kept else "there is no earlier checkpoint"
-            message = str(exc) if isinstance(exc, VmwuError) else f"{type(exc).__name__}: {exc}"
+            message = exc.message if isinstance(exc, VmwuError) else f"{type(exc).__name__}: {exc}"
             if runner.poll() is None:
                 self.report(f"checkpoint failed ({what}): {message}")
             ck = None
