@@ -196,15 +196,28 @@ def cmd_base_build(args: argparse.Namespace, extra: list[str]) -> int:
     from vmwu.ui import Steps
 
     steps = Steps(quiet=args.quiet)
+    # Options of one kind only (issue 6: `debian` has --release/--packages/--mirror).
+    kind_args: dict[str, object] = {}
+    if args.kind == "tiny":
+        kind_args["kernel_deb"] = Path(args.kernel_deb) if args.kernel_deb else None
+        kind_args["busybox_deb"] = Path(args.busybox_deb) if args.busybox_deb else None
+    elif args.kernel_deb or args.busybox_deb:
+        raise BadInput("--kernel-deb and --busybox-deb are options of `base build tiny` only")
+    if args.kind == "debian":
+        kind_args["release"] = args.release or "bookworm"
+        kind_args["packages"] = [p for p in (args.packages or "").split(",") if p.strip()]
+        if args.mirror:
+            kind_args["mirror"] = args.mirror
+    elif args.release or args.packages or args.mirror:
+        raise BadInput("--release, --packages and --mirror are options of `base build debian`")
     try:
         base = build_base(
             args.kind,
             _catalog(args.catalog),
             name=args.name or args.kind,
-            kernel_deb=Path(args.kernel_deb) if args.kernel_deb else None,
-            busybox_deb=Path(args.busybox_deb) if args.busybox_deb else None,
             replace=args.replace,
             step=steps.step,
+            **kind_args,
         )
     finally:
         steps.close()
@@ -272,6 +285,39 @@ def cmd_base_add(args: argparse.Namespace, extra: list[str]) -> int:
         replace=args.replace,
     )
     print(f"base '{base.name}' registered: sha256 {base.sha256}")
+    return 0
+
+
+def cmd_base_import(args: argparse.Namespace, extra: list[str]) -> int:
+    """`vmwu base import IMAGE` (issue 6; vmwu/bases/importer.py)."""
+    from vmwu.bases.importer import import_base
+    from vmwu.ui import Steps
+
+    steps = Steps(quiet=args.quiet)
+    try:
+        base = import_base(
+            _catalog(args.catalog),
+            Path(args.image),
+            name=args.name,
+            fmt=args.format,
+            guest_os=args.os,
+            architecture=args.arch,
+            via=args.via,
+            input_device=args.input_device,
+            output_device=args.output_device,
+            cdrom_device=args.cdrom_device,
+            filesystem=args.filesystem,
+            script_template=Path(args.script_template) if args.script_template else None,
+            description=args.description or "",
+            replace=args.replace,
+            step=steps.step,
+        )
+    finally:
+        steps.close()
+    print(
+        f"base '{base.name}' registered: {base.architecture} {base.guest_os}, boots from "
+        f"its disk ({base.format}), sha256 {base.sha256[:16]}…"
+    )
     return 0
 
 
@@ -356,10 +402,14 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("base", help="base images: build, list, show, add, remove")
     bsub = b.add_subparsers(dest="base_command", required=True, parser_class=_Parser)
     s = bsub.add_parser("build", help="build a base from distribution packages and register it")
-    s.add_argument("kind", choices=("tiny",))
+    s.add_argument("kind", choices=("tiny", "debian"))
     s.add_argument("--name")
     s.add_argument("--kernel-deb", help="use this linux-image .deb instead of downloading one")
     s.add_argument("--busybox-deb", help="use this busybox-static .deb instead of downloading one")
+    # `base build debian` (vmwu/bases/debian.py, docs/bases.md)
+    s.add_argument("--release", help="debian: Debian release or suite (default: bookworm)")
+    s.add_argument("--packages", help="debian: extra packages, comma-separated")
+    s.add_argument("--mirror", help="debian: Debian mirror URL (default: deb.debian.org)")
     s.add_argument("--replace", action="store_true")
     s.add_argument("--catalog")
     s.add_argument("-q", "--quiet", action="store_true")
@@ -388,6 +438,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--replace", action="store_true")
     s.add_argument("--catalog")
     s.set_defaults(func=cmd_base_add)
+    s = bsub.add_parser(
+        "import", help="register an existing bootable disk image (BIOS) that lacks vmwu"
+    )
+    s.add_argument("image", help="a whole-disk image with a boot loader")
+    s.add_argument("--name", help="catalog name (default: the image's file name)")
+    s.add_argument("--format", help="qcow2, raw, vmdk, vdi, … (default: detected)")
+    s.add_argument("--os", default="linux")
+    s.add_argument("--arch", default="x86_64")
+    s.add_argument(
+        "--via",
+        choices=("cloud-init", "daemon"),
+        default="cloud-init",
+        help="how the guest runs the auto-run script: cloud-init (a NoCloud seed starts "
+        "the vmwu agent) or daemon (the image's own script-bin daemon, thesis 5.1.4.1)",
+    )
+    s.add_argument("--input-device", help="thesis base-image-input-mount-device")
+    s.add_argument("--output-device", help="thesis base-image-output-mount-device")
+    s.add_argument("--cdrom-device", help="thesis base-image-cdrom-mount-device")
+    s.add_argument("--filesystem", default="ext4")
+    s.add_argument("--script-template")
+    s.add_argument("--description")
+    s.add_argument("--replace", action="store_true")
+    s.add_argument("--catalog")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_base_import)
     s = bsub.add_parser("remove", help="remove a base from the catalog")
     s.add_argument("name")
     s.add_argument("--catalog")

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vmwu import cloudinit
 from vmwu.cache import NodeCache
 from vmwu.errors import BadInput
 from vmwu.images import qemu_img
@@ -207,10 +208,12 @@ def prepare_disks(inst: Path, disks: ResolvedDisks, opts: RunOptions) -> list[Dr
     drives: list[Drive] = []
     if disks.base_disk is not None:
         overlay = inst / "base.qcow2"
-        qemu_img.create_overlay(
-            disks.base_disk.path, overlay, backing_format=disks.base_disk.format
-        )
-        drives.append(Drive("base", overlay, "qcow2", serial="VMWU-BASE"))
+        # issue 6: over the unit's guest-packages layer, which itself backs onto the base
+        under = disks.base_layer or disks.base_disk
+        qemu_img.create_overlay(under.path, overlay, backing_format=under.format)
+        # A base without a kernel of its own boots from this disk (its boot loader).
+        boot = 0 if disks.kernel is None else None
+        drives.append(Drive("base", overlay, "qcow2", serial="VMWU-BASE", bootindex=boot))
     app = inst / "app.qcow2"
     qemu_img.create_overlay(disks.app_disk.path, app, backing_format=disks.app_disk.format)
     drives.append(Drive("app", app, "qcow2", serial="VMWU-APP"))
@@ -348,6 +351,9 @@ def prepare(opts: RunOptions, *, check_output: bool = True) -> Prepared:
             as_disk = desc.base.cdrom_as_hard_disk
         kind = DriveKind.DISK if as_disk else DriveKind.CDROM
         drives.append(Drive("inst", iso, "raw", read_only=True, kind=kind, serial="VMWU-INST"))
+        if cloudinit.needs_seed(desc.base):  # issue 6: a base without the vmwu agent
+            seed = cloudinit.write_seed(inst / "seed.iso")
+            drives.append(Drive("seed", seed, "raw", read_only=True, serial="VMWU-SEED"))
         exe, bios = qemu_executable(opts)
         direct = desc.base.boot_method == BootMethod.DIRECT_KERNEL
         cpus = opts.cpus or desc.cpus

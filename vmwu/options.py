@@ -189,6 +189,8 @@ def parse_toml(text: str, source: str) -> list[RawValue]:
                 f"tables are not used ([{key}] or {key}.…)",
                 hint="write every option as a top-level key: option = value",
             )
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            value = ",".join(value)  # a list of words: guest-packages = ["g++", "make"]
         if not isinstance(value, str | bool | int | float):
             raise SpecError(
                 where, f"{key}: expected a string, number or boolean, got a {type(value).__name__}"

@@ -78,6 +78,7 @@ _ROLE_STEMS: Final[Mapping[FileRole, str]] = {
     FileRole.BASE_DISK: "base-disk",
     FileRole.APP_DISK: "app",
     FileRole.OUTPUT_DISK: "output",
+    FileRole.BASE_LAYER: "base-layer",
 }
 _FORMAT_SUFFIXES: Final[Mapping[str, str]] = {"qcow2": ".qcow2", "raw": ".raw", "vmdk": ".vmdk"}
 

@@ -204,8 +204,13 @@ def stage_app(spec: Spec, script: str, dest: Path) -> None:
     (dest / ".vmwu" / "unit.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
 
 
-def _disk(raw: Path, qcow: Path, *, compress: bool) -> None:
-    qemu_img.convert(raw, qcow, src_format="raw", dst_format="qcow2", compress=compress)
+def _disk(raw: Path, qcow: Path, *, compress: bool, fmt: str = "qcow2") -> None:
+    if fmt == "vmdk":  # issue 6: `pack --format vmdk` (vmwu/vmdk.py)
+        from vmwu.vmdk import write_stream_optimized
+
+        write_stream_optimized(raw, qcow)
+    else:
+        qemu_img.convert(raw, qcow, src_format="raw", dst_format="qcow2", compress=compress)
     raw.unlink()
 
 
@@ -248,13 +253,14 @@ def pack(
         app_raw = tmp / "app.raw"
         app_size = ext4.image_size_for(stage, spec.app_buffer)
         ext4.make_image(app_raw, app_size, label="VMWU-APP", src=stage, fstype=fstype, epoch=epoch)
-        app_href = default_href(name, FileRole.APP_DISK, "qcow2")
-        _disk(app_raw, tmp / app_href, compress=spec.compress)
+        dfmt = spec.disk_format
+        app_href = default_href(name, FileRole.APP_DISK, dfmt)
+        _disk(app_raw, tmp / app_href, compress=spec.compress, fmt=dfmt)
         step("building the output disk")
         out_raw = tmp / "out.raw"
         ext4.make_image(out_raw, spec.app_output_size, label="VMWU-OUT", fstype=fstype, epoch=epoch)
-        out_href = default_href(name, FileRole.OUTPUT_DISK, "qcow2")
-        _disk(out_raw, tmp / out_href, compress=spec.compress)
+        out_href = default_href(name, FileRole.OUTPUT_DISK, dfmt)
+        _disk(out_raw, tmp / out_href, compress=spec.compress, fmt=dfmt)
 
         members: dict[str, Path] = {}
         files: list[UnitFile] = []
@@ -291,12 +297,16 @@ def pack(
                     sha256=sha,
                     size=size,
                     embedded=True,
-                    format="qcow2",
+                    format=dfmt,
                     capacity=capacity,
                     label=label,
                     filesystem=fstype,
                 )
             )
+        if spec.guest_packages:  # issue 6: a layer over the base disk (vmwu/layer.py)
+            layer = _guest_layer(spec, base, name, members, step)
+            if layer is not None:
+                files.append(layer)
         desc = UnitDescriptor(
             name=name,
             base=BaseRef(
@@ -328,6 +338,32 @@ def pack(
         step(f"writing {out_path.name}")
         write_ova(out_path, desc, members, mtime=epoch, progress=progress)
     return PackResult(out_path, desc, app_bytes, base)
+
+
+def _guest_layer(
+    spec: Spec, base: BaseImage, name: str, members: dict[str, Path], step: Step
+) -> UnitFile | None:
+    from vmwu.layer import build_layer
+
+    packages = spec.guest_packages or ()
+    layer = build_layer(base, packages, step=step)
+    disk = base.file(FileRole.BASE_DISK)
+    if layer is None or disk is None:
+        step(f"base '{base.name}' already has {', '.join(packages)}")
+        return None
+    href = default_href(name, FileRole.BASE_LAYER, "qcow2")
+    members[href] = layer
+    sha, size = file_sha256(layer)
+    return UnitFile(
+        id=FileRole.BASE_LAYER.value,
+        href=href,
+        role=FileRole.BASE_LAYER,
+        sha256=sha,
+        size=size,
+        embedded=True,
+        format="qcow2",
+        capacity=_capacity(disk.path),
+    )
 
 
 def _capacity(path: Path) -> int | None:

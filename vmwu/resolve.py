@@ -40,6 +40,8 @@ class ResolvedDisks:
     app_disk: DiskImage
     output_disk: DiskImage
     cmdline: str | None = None  # the kernel command line of a --base-image override
+    # guest-packages layer (issue 6): a qcow2 whose backing file is base_disk's blob
+    base_layer: DiskImage | None = None
 
 
 def _copy_verified(src: Path, sha256: str, what: str) -> Filler:
@@ -127,6 +129,14 @@ def resolve_files(
             continue
         found[f.role] = (_base_file(f, desc, reader, cache, catalog_path), f.format)
     cmdline = None
+    if base_override and FileRole.BASE_LAYER in found:
+        # The layer is a diff against the unit's own base disk: another base under it
+        # would be read as garbage.
+        raise BadInput(
+            f"the unit installs guest-packages over base '{desc.base.name}': "
+            "--base-image cannot swap that base",
+            hint="re-pack the unit on the other base instead",
+        )
     if base_override:
         override, cmdline = _override_base(base_override, catalog_path, cache)
         found.update(override)
@@ -153,7 +163,14 @@ def resolve_files(
         raise BadInput("the unit's base has neither a kernel nor a bootable disk")
     app = found[FileRole.APP_DISK]
     out = found[FileRole.OUTPUT_DISK]
-    return ResolvedDisks(kernel, initrd, base_disk, DiskImage(*app), DiskImage(*out), cmdline)
+    layer = None
+    if FileRole.BASE_LAYER in found:
+        if base_disk is None:
+            raise BadInput("the unit has a base-layer but its base has no disk")
+        layer = DiskImage(*found[FileRole.BASE_LAYER])
+    return ResolvedDisks(
+        kernel, initrd, base_disk, DiskImage(*app), DiskImage(*out), cmdline, base_layer=layer
+    )
 
 
 def _detect_format(path: Path) -> str:

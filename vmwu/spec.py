@@ -65,6 +65,10 @@ class Spec:
     vmm_cpus: int = 1
     description: str = ""
     timeout: float | None = None
+    # issue 6: Debian packages installed into a layer over the base (vmwu/layer.py), and
+    # the format of the unit's disks (qcow2, or vmdk streamOptimized for other OVF tools)
+    guest_packages: tuple[str, ...] | None = None
+    disk_format: str = "qcow2"
     spec_path: Path | None = field(default=None, compare=False)
     # Provenance, not part of the spec's value: option name -> where it was set, and
     # option name -> directory a relative path in it is relative to.
@@ -154,6 +158,19 @@ OPTIONS: tuple[OptionDef, ...] = (
     _opt("timeout", K.FLOAT, "default wall-clock limit of `vmwu run`, in seconds"),
     _opt("vmm-cpus", K.INT, "default number of virtual CPUs"),
     _opt("vmm-memory", K.MIB, "default guest memory: 512 (MiB), 512M, 1G"),
+    # issue 6 (docs/bases.md)
+    OptionDef(
+        "guest-packages",
+        K.STR,
+        None,
+        "Debian packages to add to the base for this unit (a list, or comma-separated)",
+    ),
+    _opt(
+        "disk-format",
+        K.STR,
+        "format of the unit's disks: qcow2, or vmdk (streamOptimized)",
+        aliases=("format",),
+    ),
 )
 
 _PATH_FIELDS = ("app-import-dir", "input-import-dir", "script-template", "vmddb")
@@ -232,6 +249,8 @@ def load_spec(
         vmm_cpus=r.get("vmm-cpus", int),
         description=r.get("description", str),
         timeout=r.optional("timeout", float),
+        guest_packages=_words(r.optional("guest-packages", str)),
+        disk_format=r.get("disk-format", str).strip().lower(),
         spec_path=file_path,
         origins=MappingProxyType(dict(r.origins)),
         anchors=MappingProxyType(anchors),
@@ -275,6 +294,11 @@ def _optional_guest_dir(path: str | None) -> str | None:
     return None if path is None else _guest_dir(path)
 
 
+def _words(text: str | None) -> tuple[str, ...] | None:
+    """``"g++, make"`` or ``"g++ make"`` → ``("g++", "make")``; nothing → None."""
+    return tuple(w for w in re.split(r"[\s,]+", text or "") if w) or None
+
+
 def _lower(text: str | None) -> str | None:
     return text.strip().lower() if text else None
 
@@ -298,6 +322,8 @@ def _where(origin: str, spec_path: Path | None) -> str:
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 FILESYSTEMS = ("ext2", "ext3", "ext4")
 VMM_TYPES = ("qemu",)
+DISK_FORMATS = ("qcow2", "vmdk")
+_PACKAGE = re.compile(r"[a-z0-9][a-z0-9.+-]+(:[a-z0-9]+)?(=[A-Za-z0-9.+~:-]+)?")
 
 
 def validate_spec(spec: Spec) -> None:
@@ -353,6 +379,15 @@ def validate_spec(spec: Spec) -> None:
             "base-image-filesystem",
             f"base-image-filesystem {spec.base_image_filesystem!r} is not supported",
             f"use one of: {', '.join(FILESYSTEMS)}",
+        )
+    for pkg in spec.guest_packages or ():
+        if not _PACKAGE.fullmatch(pkg):
+            fail("guest-packages", f"guest-packages: {pkg!r} is not a Debian package name")
+    if spec.disk_format not in DISK_FORMATS:
+        fail(
+            "disk-format",
+            f"disk-format {spec.disk_format!r} is not supported",
+            f"use one of: {', '.join(DISK_FORMATS)}",
         )
     if spec.vmm_type not in VMM_TYPES:
         fail(

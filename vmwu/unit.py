@@ -18,6 +18,9 @@ class FileRole(StrEnum):
     BASE_DISK = "base-disk"  # bootable or root disk of the base
     APP_DISK = "app-disk"  # application disk (label VMWU-APP)
     OUTPUT_DISK = "output-disk"  # empty output disk (label VMWU-OUT)
+    # qcow2 overlay over the base disk with the unit's guest-packages installed (its
+    # backing file is named by the base disk's sha256: a sibling blob in the node cache)
+    BASE_LAYER = "base-layer"
 
 
 class BootMethod(StrEnum):
@@ -25,7 +28,7 @@ class BootMethod(StrEnum):
     DISK = "disk"  # the base disk boots by its own bootloader
 
 
-DISK_ROLES = (FileRole.BASE_DISK, FileRole.APP_DISK, FileRole.OUTPUT_DISK)
+DISK_ROLES = (FileRole.BASE_DISK, FileRole.APP_DISK, FileRole.OUTPUT_DISK, FileRole.BASE_LAYER)
 BASE_ROLES = (FileRole.KERNEL, FileRole.INITRD, FileRole.BASE_DISK)
 
 

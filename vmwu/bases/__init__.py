@@ -7,7 +7,7 @@ from typing import Any
 from vmwu.catalog import BaseImage, Catalog
 from vmwu.errors import BadInput
 
-BUILDERS = ("tiny",)
+BUILDERS = ("tiny", "debian")
 
 
 def build_base(kind: str, catalog: Catalog, **kwargs: Any) -> BaseImage:
@@ -16,6 +16,10 @@ def build_base(kind: str, catalog: Catalog, **kwargs: Any) -> BaseImage:
         from vmwu.bases.tiny import build_tiny
 
         return build_tiny(catalog, **kwargs)
+    if kind == "debian":
+        from vmwu.bases.debian import build_debian
+
+        return build_debian(catalog, **kwargs)
     raise BadInput(f"unknown base kind {kind!r}: use one of {', '.join(BUILDERS)}")
 
 

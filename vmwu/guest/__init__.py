@@ -11,6 +11,13 @@ MOUNT = "vmwu-mount"
 FINDLABEL = "vmwu-findlabel"
 TINY_INIT = "tiny-init"
 DEFAULT_TEMPLATE = "templates/autorun.sh"
+# for imported bases with their own script-bin daemon (thesis way; vmwu/bases/importer.py)
+THESIS_TEMPLATE = "templates/thesis.sh"
+# The Debian base (vmwu/bases/debian.py): initramfs /init, agent start-up, systemd units.
+DEBIAN_INITRAMFS_INIT = "debian/initramfs-init"
+DEBIAN_START = "debian/vmwu-start"
+DEBIAN_SERVICE = "debian/vmwu.service"
+DEBIAN_TARGET = "debian/vmwu.target"
 
 
 def read(name: str) -> bytes:

@@ -41,6 +41,7 @@ class Drive:
     read_only: bool = False
     kind: DriveKind = DriveKind.DISK
     serial: str | None = None  # virtio-blk serial: the agent finds disks by it (sysfs)
+    bootindex: int | None = None  # firmware boot order (a base that boots from its disk)
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,8 @@ def drive_args(drives: tuple[Drive, ...]) -> list[str]:
             args += ["-device", f"scsi-cd,drive={d.id},bus=scsi0.0"]
         else:
             serial = f",serial={opt(d.serial)}" if d.serial else ""
-            args += ["-device", f"virtio-blk-pci,drive={d.id}{serial}"]
+            boot = f",bootindex={d.bootindex}" if d.bootindex is not None else ""
+            args += ["-device", f"virtio-blk-pci,drive={d.id}{serial}{boot}"]
     return args
 
 

@@ -1,0 +1,236 @@
+"""The "debian" base: a Debian system from packages, with the vmwu agent, booted directly.
+
+``vmwu base build debian [--release R] [--packages a,b] [--mirror URL]``:
+
+1. ``mmdebstrap`` (user namespaces, else fakechroot; vmwu.bases.mmdebstrap) writes a
+   ``minbase`` root file system as a tarball: Debian's cloud kernel, ``systemd-sysv``,
+   ``busybox-static`` (for the initramfs) and the requested packages;
+2. the tarball is unpacked into a staging tree (vmwu.images.rootfs), and the vmwu side
+   is added: the agent and its helpers in ``/usr/local/bin``, ``vmwu.service`` and
+   ``vmwu.target`` (the default target, so the agent is the only service started) and
+   masks for systemd's generators;
+3. ``mkfs.ext4 -d`` writes the root disk (no journal, no root, no loop mount; owners,
+   modes and device nodes fixed up with ``debugfs``), stored as qcow2;
+4. a small initramfs (busybox from the tree, the tree's own virtio modules, an ``/init``
+   that mounts ``root=`` and ``switch_root``s into systemd) is written with vmwu's cpio
+   writer, and the tree's kernel is copied next to it;
+5. the three files are registered as one base, boot method ``direct-kernel`` with a
+   ``base-disk``: QEMU loads the kernel itself (no boot loader, no menu) and the root
+   disk is a per-instance qcow2 overlay. ``debian.json`` and ``dpkg-status`` beside them
+   let ``vmwu pack`` add ``guest-packages`` later (vmwu.layer).
+
+docs/bases.md has the why of each choice and the measured times.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import shutil
+import tempfile
+import uuid as uuid_mod
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from vmwu import AGENT_VERSION, guest, paths
+from vmwu.arch import canonical_arch
+from vmwu.bases import mmdebstrap
+from vmwu.bases.tiny import CMDLINE, DIRS, applet_links, module_order
+from vmwu.catalog import BaseFile, BaseImage, Catalog, base_identity
+from vmwu.errors import BadInput
+from vmwu.images import cpio, qemu_img, rootfs
+from vmwu.ova import file_sha256
+from vmwu.unit import BootMethod, FileRole
+
+Step = Callable[[str], None]
+
+DEFAULT_RELEASE = "bookworm"
+KERNEL_PACKAGES = {"amd64": "linux-image-cloud-amd64", "arm64": "linux-image-cloud-arm64"}
+BASE_PACKAGES = ("systemd-sysv", "busybox-static", "kmod")
+# Loaded by the initramfs, in dependency order (the rest: vmwu-start in the guest).
+ROOT_MODULES = ("virtio_pci", "virtio_blk")
+MiB = 1024**2
+GiB = 1024**3
+
+
+def kernel_package(arch: str) -> str:
+    try:
+        return KERNEL_PACKAGES[arch]
+    except KeyError:
+        raise BadInput(
+            f"no Debian kernel known for architecture {arch!r}",
+            hint=f"supported: {', '.join(KERNEL_PACKAGES)}",
+        ) from None
+
+
+def guest_files() -> list[tuple[str, bytes, int]]:
+    """(path, contents, mode) of everything vmwu adds to a Debian tree."""
+    g = guest.read
+    return [
+        ("/usr/local/bin/vmwu-agent", g(guest.AGENT), 0o755),
+        ("/usr/local/bin/vmwu-progress", g(guest.PROGRESS), 0o755),
+        ("/usr/local/bin/vmwu-mount", g(guest.MOUNT), 0o755),
+        ("/usr/local/bin/vmwu-findlabel", g(guest.FINDLABEL), 0o755),
+        ("/usr/local/lib/vmwu/vmwu-start", g(guest.DEBIAN_START), 0o755),
+        ("/etc/systemd/system/vmwu.service", g(guest.DEBIAN_SERVICE), 0o644),
+        ("/etc/systemd/system/vmwu.target", g(guest.DEBIAN_TARGET), 0o644),
+        ("/etc/vmwu/agent-version", f"{AGENT_VERSION}\n".encode(), 0o644),
+        ("/etc/hostname", b"vmwu\n", 0o644),
+        ("/etc/fstab", b"# the root file system is mounted by the initramfs (root= rw)\n", 0o644),
+    ]
+
+
+def install_guest_side(staged: rootfs.Staged) -> None:
+    """The vmwu agent, its units, and a boot that starts nothing else."""
+    for path, data, mode in guest_files():
+        staged.add_file(path, data, mode=mode)
+    staged.add_symlink("/etc/systemd/system/default.target", "vmwu.target")
+    # Generators run at every boot and cost ~2 s under emulation; nothing here needs
+    # them (no fstab entries, no gettys, no GPT auto-mounts). A /dev/null link masks one.
+    for gen_dir in ("usr/lib/systemd/system-generators", "lib/systemd/system-generators"):
+        d = staged.root / gen_dir
+        if d.is_dir() and not d.is_symlink():
+            for gen in sorted(d.iterdir()):
+                staged.add_symlink(f"/etc/systemd/system-generators/{gen.name}", "/dev/null")
+
+
+def find_kernel(root: Path) -> tuple[Path, str]:
+    """The tree's kernel image and its version."""
+    found = sorted((root / "boot").glob("vmlinuz-*")) or sorted((root / "boot").glob("vmlinux-*"))
+    if not found:
+        raise BadInput("the Debian tree holds no /boot/vmlinuz-*: was a kernel installed?")
+    kernel = found[-1]
+    return kernel, kernel.name.split("-", 1)[1]
+
+
+def build_initramfs(root: Path, version: str, dest: Path) -> None:
+    """busybox + the root disk's modules + /init (guest/debian/initramfs-init)."""
+    busybox = next(
+        (p for p in (root / "usr/bin/busybox", root / "bin/busybox") if p.is_file()), None
+    )
+    if busybox is None:
+        raise BadInput("the Debian tree holds no busybox (busybox-static was not installed)")
+    moddir = root / "usr/lib/modules" / version
+    if not moddir.is_dir():
+        moddir = root / "lib/modules" / version
+    modules = module_order(moddir, ROOT_MODULES)
+    entries = [cpio.directory(d) for d in (*DIRS, "newroot")]
+    entries += [
+        cpio.chardev("dev/console", 5, 1),
+        cpio.file("bin/busybox", busybox.read_bytes(), 0o755),
+        cpio.file("init", guest.read(guest.DEBIAN_INITRAMFS_INIT), 0o755),
+    ]
+    taken = {e.path for e in entries}
+    entries += [cpio.symlink(p, "/bin/busybox") for p in applet_links(busybox) if p not in taken]
+    for ko in modules:
+        entries.append(cpio.file(f"lib/modules/{ko.stem}.ko", ko.read_bytes()))
+    order = "".join(ko.stem + "\n" for ko in modules)
+    entries.append(cpio.file("etc/vmwu/modules", order.encode()))
+    cpio.write_initramfs(dest, entries)
+
+
+def disk_size(tree_bytes: int) -> int:
+    """Capacity of the root disk: the tree, ext4's overhead, and room to work (sparse)."""
+    size = max(2 * GiB, tree_bytes * 3 // 2 + GiB)
+    return (size + 64 * MiB - 1) // (64 * MiB) * (64 * MiB)
+
+
+def build_debian(
+    catalog: Catalog,
+    *,
+    name: str = "debian",
+    release: str = DEFAULT_RELEASE,
+    packages: Sequence[str] = (),
+    arch: str = "x86_64",
+    mirror: str | None = None,
+    replace: bool = False,
+    step: Step = lambda msg: None,
+) -> BaseImage:
+    if not replace and catalog.exists(name):
+        raise BadInput(f"base '{name}' already exists in {catalog.path}", hint="use --replace")
+    arch = canonical_arch(arch)
+    deb_arch = mmdebstrap.DEBIAN_ARCH.get(arch, arch)
+    extra = tuple(p.strip() for p in packages if p.strip())
+    mmdebstrap.check_names(release, extra)
+    wanted = (kernel_package(deb_arch), *BASE_PACKAGES, *extra)
+    spec = mmdebstrap.Bootstrap(release=release, arch=deb_arch, packages=wanted, mirror=mirror)
+    base_dir = paths.bases_dir() / name
+    base_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{name}-build-", dir=base_dir.parent) as tmp_str:
+        tmp = Path(tmp_str)
+        step(f"bootstrapping Debian {release} ({deb_arch}) with mmdebstrap")
+        mmdebstrap.bootstrap(spec, tmp / "rootfs.tar")
+        step("unpacking the root file system")
+        staged = rootfs.extract(tmp / "rootfs.tar", tmp / "root")
+        (tmp / "rootfs.tar").unlink()
+        kernel, version = find_kernel(staged.root)
+        install_guest_side(staged)
+        out = tmp / "out"
+        out.mkdir()
+        step("writing the root disk (mkfs.ext4 -d)")
+        fs_uuid = str(uuid_mod.uuid4())
+        rootfs.make_ext4(
+            tmp / "root.raw",
+            staged,
+            size=disk_size(rootfs.tree_size(staged.root)),
+            label="VMWU-ROOT",
+            uuid=fs_uuid,
+        )
+        qemu_img.convert(tmp / "root.raw", out / "root.qcow2", src_format="raw")
+        (tmp / "root.raw").unlink()
+        step("writing the initramfs")
+        build_initramfs(staged.root, version, out / "initrd.img")
+        shutil.copyfile(kernel, out / "kernel")
+        # What `guest-packages` needs to resolve packages against this base (vmwu.layer):
+        # what is installed, where it came from, and the keys that sign it.
+        shutil.copyfile(staged.root / "var/lib/dpkg/status", out / "dpkg-status")
+        shutil.copyfile(staged.root / "etc/apt/sources.list", out / "sources.list")
+        shutil.copytree(staged.root / "etc/apt/trusted.gpg.d", out / "trusted.gpg.d")
+        (out / "autorun.sh").write_bytes(guest.read(guest.DEFAULT_TEMPLATE))
+        info = {
+            "distribution": "debian",
+            "release": release,
+            "architecture": deb_arch,
+            "mirror": mirror or mmdebstrap.DEFAULT_MIRROR,
+            "packages": list(wanted),
+            "kernel": version,
+            "root_uuid": fs_uuid,
+        }
+        (out / "debian.json").write_text(json.dumps(info, indent=1) + "\n")
+        if base_dir.exists():
+            shutil.rmtree(base_dir)
+        out.rename(base_dir)
+
+    files = []
+    for role, fname, fmt in (
+        (FileRole.KERNEL, "kernel", "bzimage"),
+        (FileRole.INITRD, "initrd.img", "cpio"),
+        (FileRole.BASE_DISK, "root.qcow2", "qcow2"),
+    ):
+        sha, size = file_sha256(base_dir / fname)
+        files.append(
+            BaseFile(role=role.value, path=base_dir / fname, sha256=sha, size=size, format=fmt)
+        )
+    major_minor = ".".join(version.split(".")[:2])
+    shown = f", with {', '.join(extra)}" if extra else ""
+    base = BaseImage(
+        id=None,
+        name=name,
+        description=f"Debian {release} {deb_arch} (systemd, vmwu agent) on kernel {version}{shown}",
+        location=str(base_dir),
+        architecture=arch,
+        guest_os=f"linux{major_minor}",
+        filesystem="ext4",
+        script_template=str(base_dir / "autorun.sh"),
+        date_added=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        sha256=base_identity(files),
+        size=sum(f.size for f in files),
+        format="direct-kernel",
+        boot_method=BootMethod.DIRECT_KERNEL.value,
+        agent_version=AGENT_VERSION,
+        cmdline=f"{CMDLINE} root=UUID={fs_uuid} rw",
+        cdrom_as_hard_disk=True,
+        files=tuple(files),
+    )
+    step("registering the base")
+    return catalog.add(base, replace=replace)
