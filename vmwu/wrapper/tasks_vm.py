@@ -93,7 +93,7 @@ class VmTask:
         self.suspended = False
         self.result: RunResult | None = None
         self.error: VmwuError | None = None
-        self.restore_seconds: float | None = None
+        self.paused_seconds: float | None = None  # how long the last checkpoint paused it
         self._boot_left: float | None = None  # seconds of (unsuspended) time to boot
         self._tick = 0.0
         self._cpu_done = 0.0  # CPU of QEMU processes of this run that already exited
@@ -201,7 +201,6 @@ class VmTask:
 
     def restore(self, ck: Checkpoint, *, suspended: bool = False) -> None:
         """Resume the task from ``ck``; raises :class:`RestoreFailed` if it will not."""
-        t0 = time.monotonic()
         manifest = ck.manifest
         prepared = self._prepare()
         try:
@@ -222,7 +221,6 @@ class VmTask:
             self.suspend()
         elif not suspended and self.suspended:
             self.resume()
-        self.restore_seconds = round(time.monotonic() - t0, 3)
 
     def _restore_disks(self, prepared: Prepared, ck: Checkpoint) -> None:
         drives = {d.id: d for d in prepared.cfg.drives}
@@ -393,24 +391,29 @@ class VmTask:
         was_running = status == "running"
         tmp = store.begin()
         try:
-            if was_running:
-                self._qmp("stop")
-            save_vm(self.machine, tmp / "state")  # type: ignore[arg-type]
             expect: dict[str, str] = {}
             drives = []
-            for d in self.cfg.drives:
-                name = f"disk-{d.id}{d.path.suffix}"
-                _, expect[name] = sparse_copy(d.path, tmp / name)
-                drives.append({"id": d.id, "file": name, "format": d.format})
+            t0 = time.monotonic()
+            try:
+                if was_running:
+                    self._qmp("stop")
+                save_vm(self.machine, tmp / "state")  # type: ignore[arg-type]
+                for d in self.cfg.drives:
+                    name = f"disk-{d.id}{d.path.suffix}"
+                    _, expect[name] = sparse_copy(d.path, tmp / name)
+                    drives.append({"id": d.id, "file": name, "format": d.format})
+            finally:
+                # The copies are complete and fsynced: the guest need not wait for the
+                # digests and the manifest.
+                if was_running and self._alive():
+                    self._qmp("cont")
+                self.paused_seconds = round(time.monotonic() - t0, 3)
             guest = _guest_summary(self.state)
             full = {**meta, "task": self.index, "warm": self.warm, "drives": drives}
             return store.commit(tmp, {**full, "guest": guest}, expect)
         except BaseException:
             store.abort(tmp)
             raise
-        finally:
-            if was_running and self._alive():
-                self._qmp("cont")
 
     # -- stopping ----------------------------------------------------------------------------
 

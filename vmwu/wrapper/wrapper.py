@@ -401,6 +401,8 @@ class Wrapper:
         return code
 
     def _start_vm(self, runner: VmTask, index: int) -> None:
+        """Restore the task from its newest good checkpoint, else start it afresh."""
+        t0 = time.monotonic()  # restore time: verifying the checkpoint included
         for ck in self.store.candidates(index, self.report):
             try:
                 runner.restore(ck, suspended=self.suspended)
@@ -408,12 +410,12 @@ class Wrapper:
                 self.report(str(exc))
                 continue
             self.restored_from = ck.name
-            self.restore_seconds = runner.restore_seconds
+            self.restore_seconds = round(time.monotonic() - t0, 3)
             guest = ck.manifest.get("guest", {})
             at = guest.get("fraction")
             self.report(
                 f"restored VM task {index + 1} from checkpoint {ck.name} in "
-                f"{runner.restore_seconds} s"
+                f"{self.restore_seconds} s"
                 + (f" (guest at {at:.1%}: {guest.get('message')})" if at is not None else "")
             )
             break
@@ -454,11 +456,19 @@ class Wrapper:
             return None
         seconds = round(time.monotonic() - t0, 3)
         size = ck.size
-        self.checkpoint_info = {"name": ck.name, "seconds": seconds, "size_bytes": size}
+        self.checkpoint_info = {
+            "name": ck.name,
+            "seconds": seconds,
+            "guest_paused_seconds": runner.paused_seconds,
+            "size_bytes": size,
+        }
         self.state.last_checkpoint = ck.created
         self.save_state()
         self.write_status()
-        self.report(f"checkpoint {ck.name}: {format_size(size)} in {seconds} s")
+        self.report(
+            f"checkpoint {ck.name}: {format_size(size)} in {seconds} s "
+            f"(guest paused {runner.paused_seconds} s)"
+        )
         return ck
 
     # -- control -----------------------------------------------------------------------------
