@@ -96,3 +96,18 @@ def test_signals_become_requests(tmp_path: Path) -> None:
         (Action.QUIT, "SIGTERM"),
     ]
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_docs_wrapper_md_describes_every_option_and_control() -> None:
+    from tests.conftest import ROOT
+    from vmwu.wrapper.cli import wrap_parser
+
+    text = (ROOT / "docs" / "wrapper.md").read_text()
+    for action in wrap_parser()._actions:
+        for flag in action.option_strings:
+            if flag.startswith("--") and flag != "--help":
+                assert f"`{flag}" in text, flag
+    for action in Action:
+        assert action.value in text
+    for name in ("SIGTSTP", "SIGUSR1", "SIGCONT", "SIGTERM", "SIGKILL", "248"):
+        assert name in text
