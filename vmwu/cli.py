@@ -197,7 +197,7 @@ def cmd_base_build(args: argparse.Namespace, extra: list[str]) -> int:
 
     steps = Steps(quiet=args.quiet)
     # Options of one kind only (issue 6: `debian` has --release/--packages/--mirror).
-    kind_args: dict[str, object] = {}
+    kind_args: dict[str, object] = {"arch": args.arch}
     if args.kind == "tiny":
         kind_args["kernel_deb"] = Path(args.kernel_deb) if args.kernel_deb else None
         kind_args["busybox_deb"] = Path(args.busybox_deb) if args.busybox_deb else None
@@ -403,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     bsub = b.add_subparsers(dest="base_command", required=True, parser_class=_Parser)
     s = bsub.add_parser("build", help="build a base from distribution packages and register it")
     s.add_argument("kind", choices=("tiny", "debian"))
+    s.add_argument("--arch", default="amd64", help="amd64 (default) or arm64 (built on any host)")
     s.add_argument("--name")
     s.add_argument("--kernel-deb", help="use this linux-image .deb instead of downloading one")
     s.add_argument("--busybox-deb", help="use this busybox-static .deb instead of downloading one")

@@ -5,10 +5,8 @@ app-architecture; the Mandelbrot unit computes the same image as on x86_64."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -32,14 +30,9 @@ def arm_example(tiny_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
             ["bash", str(dest / "build.sh")], env={"ARCH": arch, "PATH": "/usr/bin:/bin"},
             check=True, capture_output=True,
         )  # fmt: skip
-    build = (
-        "from vmwu.bases.tiny import build_tiny; from vmwu.catalog import Catalog; "
-        "build_tiny(Catalog.open(), name='tiny-arm64', arch='arm64', replace=True)"
+    built = Vmwu(tiny_home, dest, {})(
+        "base", "build", "tiny", "--arch", "arm64", "--name", "tiny-arm64", "-q", timeout=600
     )
-    built = subprocess.run(
-        [sys.executable, "-c", build], env={**os.environ, "VMWU_HOME": str(tiny_home)},
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
     assert built.returncode == 0, built.stderr
     return dest
 
