@@ -126,6 +126,7 @@ class Driver:
                     break
                 time.sleep(self.executor.poll_interval)
             self.progress.update(self.journal.counts(), final=True)
+            self.clean_leftovers()
         except KeyboardInterrupt:
             active = len(self.journal.jobs(ACTIVE))
             raise Interrupted(
@@ -243,6 +244,10 @@ class Driver:
                 why += f"; {self.executor.name}: {obs.detail}"
             if tail:
                 why += f"; last output: {tail}"
+            # what the lost attempt left: its marker and half-written result
+            self.layout.marker(row.id, row.attempts).unlink(missing_ok=True)
+            for tmp in self.layout.jobs.glob(f".{row.id}.tmp-a{row.attempts}-*"):
+                shutil.rmtree(tmp, ignore_errors=True)
             self.retry_or_fail(row, why, {})
 
     def from_result(self, row: JobRow) -> None:
@@ -317,7 +322,8 @@ class Driver:
         self.clean_leftovers()
 
     def clean_leftovers(self) -> None:
-        """Temporary result directories of attempts that are over (their runner was killed)."""
+        """Temporary result directories and run markers of attempts that are over (their
+        runner was killed and could not clean up)."""
         active = {(r.id, r.attempts) for r in self.journal.jobs(ACTIVE)}
         with contextlib.suppress(OSError):
             for entry in self.layout.jobs.iterdir():
@@ -326,6 +332,10 @@ class Driver:
                     attempt = rest.split("-", 1)[0]
                     if not attempt.isdigit() or (job, int(attempt)) not in active:
                         shutil.rmtree(entry, ignore_errors=True)
+            for marker in self.layout.run.glob("*.a*.json"):
+                job, _, attempt = marker.name.removesuffix(".json").rpartition(".a")
+                if not attempt.isdigit() or (job, int(attempt)) not in active:
+                    marker.unlink(missing_ok=True)
 
     def rerun(self, states: Sequence[State]) -> int:
         """``resume --retry-failed/--retry-cancelled``: such jobs become pending again; a

@@ -141,6 +141,7 @@ class Runner:
                 "started": started,
             },
         )
+        clean_stale_work(self.node_root, self.host)
         try:
             self.work.mkdir(parents=True)
             self.tmp.mkdir(parents=True)
@@ -357,6 +358,17 @@ class Runner:
             return 0
         code = outcome.exit_code if outcome.exit_code is not None else 1
         return code if 0 < code < 256 else 1
+
+
+def clean_stale_work(node_root: Path, host: str) -> None:
+    """Working directories that jobs killed on this node (kill -9, a crash) left behind:
+    their names say host and pid (JOBID.aN-HOST-PID-RANDOM)."""
+    with contextlib.suppress(OSError):
+        for entry in node_root.iterdir():
+            parts = entry.name.rsplit("-", 3)
+            if len(parts) == 4 and parts[1] == host and parts[2].isdigit():
+                if not procs.alive(int(parts[2]), None):
+                    shutil.rmtree(entry, ignore_errors=True)
 
 
 def copy_file(src: Path, dest: Path) -> None:
