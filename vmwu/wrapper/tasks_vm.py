@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from vmwu import tools
-from vmwu.errors import BadInput, GuestNeverBooted, HostFailure, VmwuError
+from vmwu.errors import BadInput, GuestNeverBooted, HostFailure, VMCrashed, VmwuError
 from vmwu.events import EventReader, InstanceState, Phase
 from vmwu.images import qemu_img
 from vmwu.instance import Prepared, RunOptions, prepare
@@ -365,14 +365,22 @@ class VmTask:
     def _alive(self) -> bool:
         return self.machine is not None and self.machine.poll() is None
 
+    def _control(self, name: str) -> None:
+        """QMP ``stop``/``cont``; nothing if QEMU has just ended (``poll`` collects it)."""
+        if not self._alive():
+            return
+        try:
+            self._qmp(name)
+        except Exception as exc:
+            if self._alive():
+                raise VMCrashed(f"QMP {name} failed: {exc}") from exc
+
     def suspend(self) -> None:
-        if self._alive():
-            self._qmp("stop")
+        self._control("stop")
         self.suspended = True
 
     def resume(self) -> None:
-        if self._alive():
-            self._qmp("cont")
+        self._control("cont")
         self.suspended = False
         self._tick = time.monotonic()
 
@@ -405,8 +413,8 @@ class VmTask:
             finally:
                 # The copies are complete and fsynced: the guest need not wait for the
                 # digests and the manifest.
-                if was_running and self._alive():
-                    self._qmp("cont")
+                if was_running:
+                    self._control("cont")
                 self.paused_seconds = round(time.monotonic() - t0, 3)
             guest = _guest_summary(self.state)
             full = {**meta, "task": self.index, "warm": self.warm, "drives": drives}
