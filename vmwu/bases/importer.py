@@ -28,6 +28,7 @@ from pathlib import Path
 from vmwu import guest, paths, tools
 from vmwu.arch import canonical_arch, parse_os
 from vmwu.catalog import BaseFile, BaseImage, Catalog, base_identity
+from vmwu.cloudinit import NO_AGENT
 from vmwu.errors import BadInput, ToolFailed
 from vmwu.images import qemu_img
 from vmwu.ova import file_sha256
@@ -146,7 +147,7 @@ def import_base(
         size=size,
         format=fmt,
         boot_method=BootMethod.DISK.value,
-        agent_version="",  # no vmwu agent: the launcher brings one (cloud-init) or not
+        agent_version=NO_AGENT,  # the launcher brings the agent (cloud-init seed) or not
         cmdline="",
         cdrom_as_hard_disk=True,
         files=files,

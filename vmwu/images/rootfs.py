@@ -207,11 +207,15 @@ def make_ext4(
     label: str,
     uuid: str,
     journal: bool = False,
+    offset: int = 0,
 ) -> None:
-    """A raw ext4 image of ``size`` bytes holding the staged tree, fixed up."""
+    """A raw ext4 image of ``size`` bytes holding the staged tree, fixed up. With
+    ``offset``, the file system is written at that byte offset of an existing ``image``
+    (a partition of a whole-disk image) instead."""
     try:
-        with open(image, "wb") as fh:
-            fh.truncate(size)
+        if not offset:
+            with open(image, "wb") as fh:
+                fh.truncate(size)
     except OSError as exc:
         if exc.errno == 28:
             raise HostDiskFull(str(image.parent)) from exc
@@ -227,11 +231,11 @@ def make_ext4(
         "-m",
         "0",
         "-E",
-        "root_owner=0:0,lazy_itable_init=0,nodiscard",
+        f"root_owner=0:0,lazy_itable_init=0,nodiscard,offset={offset}",
     ]
     if not journal:
         argv += ["-O", "^has_journal"]
-    argv += ["-d", staged.root, image]
+    argv += ["-d", staged.root, image, f"{size // 1024}k"]
     tools.run(argv, env={"MKE2FS_CONFIG": "/dev/null"}, disk_hint=str(image.parent))
     if not staged.fixups:
         return
@@ -239,7 +243,9 @@ def make_ext4(
         fh.write(debugfs_script(staged.fixups))
         script = fh.name
     try:
-        proc = tools.run(["debugfs", "-w", "-f", script, image], disk_hint=str(image.parent))
+        # "FILE?offset=N": e2fsprogs' I/O option for a file system inside a bigger file
+        target = f"{os.fspath(image)}?offset={offset}" if offset else os.fspath(image)
+        proc = tools.run(["debugfs", "-w", "-f", script, target], disk_hint=str(image.parent))
     finally:
         os.unlink(script)
     # debugfs exits 0 whatever its commands did; its complaints name the command.
