@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import sys
 from pathlib import Path
 
 from vmwu.errors import BadInput
@@ -102,34 +103,32 @@ def _dq(text: str) -> str:
     return "".join("\\" + c if c in '"\\$`' else c for c in text)
 
 
-def _path(text: str, input_dir: Path) -> str:
+def _path(text: str) -> str:
     if text.startswith(NODE):
         return '"$WORK"/' + _shell_word(text[len(NODE) :])
-    rel = text.removeprefix(ROOT)
-    if rel.startswith("/"):
-        return _shell_word(rel)
-    return f"{shlex.quote(str(input_dir))}/" + _shell_word(rel)
+    # relative to the input directory unless the value turns out absolute
+    return f'"$(src {_shell_word(text.removeprefix(ROOT))})"'
 
 
-def _step(i: int, step: Step, input_dir: Path) -> str:
+def _step(i: int, step: Step) -> str:
     where = shlex.quote(str(step.where))
     if step.kind is StepKind.EXECUTE:
         return f'run {i} {where} sh -c "$STEP_{i}"'
     src, dest = (a.text for a in step.args)
     if step.kind is StepKind.SUBSTITUTE:
-        target = _path(dest if dest.startswith(NODE) else NODE + dest, input_dir)
-        return f"run {i} {where} substitute {_path(src, input_dir)} {target}"
+        target = _path(dest if dest.startswith(NODE) else NODE + dest)
+        return f"run {i} {where} substitute {_path(src)} {target}"
     target = (
-        _path(dest, input_dir)
-        if dest.startswith(NODE)
-        else '"$TMP"/' + _shell_word(dest.removeprefix(ROOT))
+        _path(dest) if dest.startswith(NODE) else '"$TMP"/' + _shell_word(dest.removeprefix(ROOT))
     )
-    return f"run {i} {where} copy_to {_path(src, input_dir)} {target}"
+    return f"run {i} {where} copy_to {_path(src)} {target}"
 
 
 def _task_script(plan: Plan, input_dir: Path) -> str:
-    steps = "\n".join(_step(i, s, input_dir) for i, s in enumerate(plan.main.steps, start=1))
+    steps = "\n".join(_step(i, s) for i, s in enumerate(plan.main.steps, start=1))
     awk = shlex.quote(_AWK_SUBSTITUTE)
+    input_q = shlex.quote(str(input_dir))
+    bindir = shlex.quote(str(Path(sys.executable).parent))
     return f"""#!/bin/sh
 # Job N of the plan {plan.source}, exported by `vmwu sweep export`: sh task.sh N
 # Performs the plan's task main in a private directory and leaves the result in
@@ -141,10 +140,17 @@ N=${{1:?usage: task.sh N}}
 SCRATCH=${{VMWU_SWEEP_SCRATCH:-${{TMPDIR:-/tmp}}}}/vmwu-export-$(basename "$HERE")
 WORK=$SCRATCH/$JOB_ID.$$
 TMP=$HERE/jobs/.$JOB_ID.tmp.$$
+INPUT_DIR={input_q}
 mkdir -p "$WORK" "$TMP" || exit 1
+# the vmwu that wrote these scripts first (if the node has it), then the node's own
+PATH={bindir}:$PATH
 export PATH VMWU_JOB_ID="$JOB_ID" VMWU_WORK_DIR="$WORK"
 cd "$WORK" || exit 1
 STARTED=$(date +%s)
+
+src() {{
+    case "$1" in /*) printf '%s' "$1" ;; *) printf '%s/%s' "$INPUT_DIR" "$1" ;; esac
+}}
 
 substitute() {{
     awk -v names="$PARAM_NAMES" {awk} "$1" > "$2"
@@ -192,13 +198,17 @@ def _root_script(task: Task, input_dir: Path) -> str:
         f"# task {task.name} of the plan, to run by hand in this directory",
         "set -eu",
         'cd "$(dirname "$0")"',
+        f"INPUT_DIR={shlex.quote(str(input_dir))}",
+        "src() {",
+        '    case "$1" in /*) printf \'%s\' "$1" ;; *) printf \'%s/%s\' "$INPUT_DIR" "$1" ;; esac',
+        "}",
     ]
     for step in task.steps:
         if step.kind is StepKind.EXECUTE:
             lines.append(step.args[0].render({}))
         else:
             src, dest = step.args
-            lines.append(f"cp -R -- {_path(src.text, input_dir)} {_shell_word(dest.text)}")
+            lines.append(f"cp -R -- {_path(src.text)} {_shell_word(dest.text)}")
     return "\n".join(lines) + "\n"
 
 
