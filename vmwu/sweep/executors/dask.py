@@ -101,7 +101,7 @@ class DaskExecutor(Executor):
         logging.getLogger("distributed").setLevel(logging.ERROR)
         try:
             if self.address:
-                self.client = Client(self.address, timeout="20s")  # type: ignore[no-untyped-call]
+                self.client = Client(self.address, timeout="10s")  # type: ignore[no-untyped-call]
             else:
                 import os
 
