@@ -124,7 +124,7 @@ class Driver:
                 self.summary()
                 if counts[State.PENDING] + sum(counts[s] for s in ACTIVE) == 0:
                     break
-                time.sleep(self.executor.poll_interval)
+                self.executor.wait(self.executor.poll_interval)
             self.progress.update(self.journal.counts(), final=True)
             self.clean_leftovers()
         except KeyboardInterrupt:
@@ -137,6 +137,9 @@ class Driver:
         finally:
             signal.signal(signal.SIGTERM, previous)
             self.progress.close()
+            with contextlib.suppress(VmwuError):  # what driving cost, for bench/sweep.py
+                spent = float(self.journal.meta().get("driver_cpu_s", 0.0))
+                self.journal.set_meta({"driver_cpu_s": round(spent + time.process_time(), 3)})
             with contextlib.suppress(VmwuError, OSError):
                 self.summary(force=True)
             self.executor.close()

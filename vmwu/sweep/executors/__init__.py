@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import sys
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -102,6 +103,10 @@ class Executor(ABC):
         """After a crash between "submitting" and the handle being recorded: the handles of
         those of ``subs`` that the engine did accept under ``batch`` (others are resubmitted)."""
         return {}
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until the next poll (an executor may wake up early when a job ends)."""
+        time.sleep(timeout)
 
     def attach(self, handles: Mapping[str, str]) -> None:  # noqa: B027 - optional hook
         """Follow jobs submitted by an earlier driver (on resume)."""

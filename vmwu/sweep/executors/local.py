@@ -1,29 +1,29 @@
-"""The local executor: N ``exec-job`` processes at once on this machine (default N = cores).
+"""The local executor: N jobs at once on this machine (default N = cores).
 
-Each job is started in a session of its own, so a driver that dies (kill -9, a closed
-terminal) does not take its jobs with it: a resumed driver finds them again by pid and
-start time (``pid:PID:START`` handles) and waits for them.
+Each job is a child process forked from the driver that calls the node-side runner
+(:func:`vmwu.sweep.runner.exec_job`, the code behind ``vmwu sweep exec-job``) directly:
+forking skips a Python start-up per job, the biggest per-job cost on a loaded machine.
+The child starts a session of its own, so a driver that dies (kill -9, a closed terminal)
+does not take its jobs with it; a resumed driver finds them again by pid and start time
+(``pid:PID:START`` handles, also written by the runner to ``run/JOBID.aN.json``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
-import subprocess
+import sys
 import time
+import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from vmwu.errors import VmwuError
 from vmwu.sweep import procs
-from vmwu.sweep.executors import (
-    Context,
-    Executor,
-    Observed,
-    Phase,
-    Submission,
-    exec_job_argv,
-)
+from vmwu.sweep.executors import Context, Executor, Observed, Phase, Submission
+from vmwu.sweep.layout import read_json
 
 
 def parse_handle(handle: str) -> tuple[int, int | None]:
@@ -37,9 +37,21 @@ def make_handle(pid: int) -> str:
 
 
 def find_exec_jobs(results: Path, subs: Sequence[Submission]) -> dict[str, str]:
-    """Handles of running ``exec-job`` processes of these attempts, found in /proc."""
-    wanted = {(s.job_id, str(s.attempt)): s.job_id for s in subs}
+    """Handles of these attempts' runners that are alive on this machine: from their run
+    markers, else from ``vmwu sweep exec-job`` command lines in /proc."""
     found: dict[str, str] = {}
+    wanted: dict[tuple[str, str], str] = {}
+    for sub in subs:
+        try:
+            marker = read_json(results / "run" / f"{sub.job_id}.a{sub.attempt}.json")
+        except (OSError, ValueError):
+            wanted[(sub.job_id, str(sub.attempt))] = sub.job_id
+            continue
+        pid, start = int(marker["pid"]), marker.get("pid_start")
+        if marker.get("host") == os.uname().nodename and procs.alive(pid, start):
+            found[sub.job_id] = f"pid:{pid}:{start if start is not None else '?'}"
+    if not wanted:
+        return found
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -59,47 +71,103 @@ def find_exec_jobs(results: Path, subs: Sequence[Submission]) -> dict[str, str]:
     return found
 
 
+def _child(results: Path, sub: Submission, log: Path) -> None:
+    """In the forked child: become a session of its own, run the job, never return."""
+    code = 240
+    try:
+        os.setsid()
+        # Nothing of the driver's: above all not its lock on the results directory (an
+        # inherited flock would keep "a driver is running" true while this job runs).
+        for name in os.listdir("/proc/self/fd"):
+            if int(name) > 2:
+                with contextlib.suppress(OSError):
+                    os.close(int(name))
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        # fresh stream objects: the driver's may be locked by a thread that fork left behind
+        sys.stdout = open(1, "w", buffering=1, closefd=False)
+        sys.stderr = open(2, "w", buffering=1, closefd=False)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        from vmwu.sweep.runner import exec_job
+
+        code = exec_job(results, sub.job_id, sub.attempt)
+    except VmwuError as err:
+        print(f"vmwu: error: {err}", file=sys.stderr)
+        code = int(err.exit_code)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
 class LocalExecutor(Executor):
     name = "local"
-    poll_interval = 0.1
+    poll_interval = 0.5  # wait() wakes up as soon as a job ends
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
         if ctx.slots is None:
             ctx.slots = os.cpu_count() or 1
-        self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.children: dict[str, int] = {}  # handle -> pid, for jobs forked by this driver
+        self.pidfds: dict[int, int] = {}  # pid -> pidfd, to wake up when one exits
 
     def submit(self, subs: Sequence[Submission], batch: str) -> dict[str, str]:
         handles: dict[str, str] = {}
-        layout = self.ctx.layout
         for sub in subs:
-            with open(layout.log(sub.job_id, sub.attempt), "ab") as log:
-                proc = subprocess.Popen(
-                    exec_job_argv(self.ctx.results, sub),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=self.ctx.results,
-                    start_new_session=True,  # survives the driver
-                )
-            handle = make_handle(proc.pid)
-            self.children[handle] = proc
+            log = self.ctx.layout.log(sub.job_id, sub.attempt)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                _child(self.ctx.results, sub, log)
+            handle = make_handle(pid)
+            self.children[handle] = pid
+            with contextlib.suppress(OSError):
+                self.pidfds[pid] = os.pidfd_open(pid)
             handles[sub.job_id] = handle
         return handles
+
+    def _reap(self, handle: str) -> bool:
+        """Has our child behind ``handle`` exited? (reaps it)"""
+        pid = self.children[handle]
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done == 0:
+            return False
+        del self.children[handle]
+        fd = self.pidfds.pop(pid, None)
+        if fd is not None:
+            os.close(fd)
+        return True
 
     def poll(self, handles: Mapping[str, str]) -> dict[str, Observed]:
         out: dict[str, Observed] = {}
         for job, handle in handles.items():
-            child = self.children.get(handle)
-            if child is not None:
-                running = child.poll() is None
-                if not running:
-                    del self.children[handle]
+            if handle in self.children:
+                running = not self._reap(handle)
             else:
                 pid, start = parse_handle(handle)
                 running = procs.alive(pid, start)
-            out[job] = Observed(Phase.RUNNING if running else Phase.ENDED, node=None)
+            out[job] = Observed(Phase.RUNNING if running else Phase.ENDED)
         return out
+
+    def wait(self, timeout: float) -> None:
+        fds = list(self.pidfds.values())
+        if fds:
+            select.select(fds, [], [], timeout)
+        else:
+            time.sleep(timeout)
 
     def cancel(self, handles: Mapping[str, str]) -> None:
         # The runner first (it stops its steps and leaves no result), then anything left.
@@ -110,19 +178,26 @@ class LocalExecutor(Executor):
                     os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
         for handle, (pid, start) in stamps.items():
-            child = self.children.pop(handle, None)
             while time.monotonic() < deadline and procs.alive(pid, start):
-                if child is not None and child.poll() is not None:
+                if handle in self.children and self._reap(handle):
                     break
                 time.sleep(0.05)
             if procs.alive(pid, start):
                 procs.kill_tree(pid, grace=2.0)
-            if child is not None:
-                child.wait()
+            if handle in self.children:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+                self.children.pop(handle, None)
+                fd = self.pidfds.pop(pid, None)
+                if fd is not None:
+                    os.close(fd)
 
     def find(self, batch: str, subs: Sequence[Submission]) -> dict[str, str]:
         return find_exec_jobs(self.ctx.results, subs)
 
     def close(self) -> None:
         # The children go on without us (resume finds them); just stop tracking them.
+        for fd in self.pidfds.values():
+            os.close(fd)
+        self.pidfds.clear()
         self.children.clear()
