@@ -314,3 +314,27 @@ def test_export_runs_without_the_driver(plan: Path, tmp_path: Path) -> None:
     # the same ids as the driver would give
     dry = sweep(plan, "--dry-run", cwd=tmp_path).stdout.split()
     assert {d.name for d in done} == {w for w in dry if w.startswith("j-")}
+
+
+def test_a_toml_plan_end_to_end(tmp_path: Path) -> None:
+    p = write(
+        tmp_path / "t.toml",
+        """
+[[parameter]]
+name = "x"
+type = "float"
+range = { from = 0.5, to = 1.5, points = 3 }
+
+[task.main]
+steps = [
+    { execute = "echo ${x} > x.txt" },
+    { copy = "node:x.txt", to = "x.txt" },
+]
+""",
+    )
+    result = sweep(p, "--results", "res", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    values = sorted(
+        (d / "x.txt").read_text().strip() for d in (tmp_path / "res" / "jobs").iterdir()
+    )
+    assert values == ["0.5", "1.0", "1.5"]

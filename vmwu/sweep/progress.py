@@ -27,6 +27,24 @@ def progress_line(counts: dict[State, int], rate: float | None) -> str:
     return text
 
 
+def compact_line(counts: dict[State, int], rate: float | None) -> str:
+    """The same, short enough to sit beside a bar in 80 columns."""
+    waiting = counts[State.PENDING] + counts[State.SUBMITTING] + counts[State.SUBMITTED]
+    text = (
+        f"done {counts[State.DONE]}  failed {counts[State.FAILED]}  "
+        f"running {counts[State.RUNNING]}  pending {waiting}"
+    )
+    if counts[State.CANCELLED]:
+        text += f"  cancelled {counts[State.CANCELLED]}"
+    if rate:
+        remaining = sum(counts.values()) - counts[State.DONE] - counts[State.FAILED]
+        remaining -= counts[State.CANCELLED]
+        text += f"  {rate * 60:.1f}/min"
+        if remaining:
+            text += f"  ETA {_duration(remaining / rate)}"
+    return text
+
+
 def _duration(seconds: float) -> str:
     seconds = int(seconds + 0.5)
     if seconds < 60:
@@ -60,15 +78,18 @@ class SweepProgress:
             return
         total = sum(counts.values())
         ended = counts[State.DONE] + counts[State.FAILED] + counts[State.CANCELLED]
-        text = progress_line(counts, self._rate(ended))
+        rate = self._rate(ended)
+        text = progress_line(counts, rate)
         if self.tty:
+            text = compact_line(counts, rate)
             if self._bar is None:
                 from rich.console import Console
-                from rich.progress import BarColumn, Progress, TextColumn
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
                 self._bar = Progress(
                     TextColumn("sweep"),
-                    BarColumn(),
+                    BarColumn(bar_width=16),
+                    MofNCompleteColumn(),
                     TextColumn("{task.description}"),
                     console=Console(stderr=True),
                     transient=False,
