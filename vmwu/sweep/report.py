@@ -53,6 +53,11 @@ def segments(events: list[dict[str, Any]], now: float) -> list[Segment]:
     return out
 
 
+def _label(params: dict[str, Any]) -> str:
+    text = " ".join(f"{k}={v}" for k, v in params.items())
+    return text if len(text) <= 32 else text[:31] + "…"
+
+
 def draw_timeline(journal: Journal, out: Path) -> Path:
     import time
 
@@ -66,7 +71,9 @@ def draw_timeline(journal: Journal, out: Path) -> Path:
     if not events:
         raise BadInput(f"{journal.path.parent}: no job has been submitted yet")
     segs = segments(events, time.time())
-    order = [r.id for r in journal.jobs()]
+    jobs = journal.jobs()
+    order = [r.id for r in jobs]
+    labels = [_label(r.params) for r in jobs]
     rows = {job: i for i, job in enumerate(order)}
     t0 = min(s.start for s in segs) if segs else float(events[0]["at"])
     height = max(2.5, min(40.0, 0.18 * len(order) + 1.5))
@@ -83,7 +90,7 @@ def draw_timeline(journal: Journal, out: Path) -> Path:
             )
     ax.set_ylim(len(order) - 0.5, -0.5)
     if len(order) <= 40:
-        ax.set_yticks(range(len(order)), order, fontsize=7)
+        ax.set_yticks(range(len(order)), labels, fontsize=7)
     else:
         ax.set_ylabel(f"{len(order)} jobs")
         ax.set_yticks([])
@@ -97,7 +104,8 @@ def draw_timeline(journal: Journal, out: Path) -> Path:
     used = {s.kind for s in segs}
     ax.legend(
         handles=[Patch(color=c, label=k) for k, c in COLOURS.items() if k in used],
-        loc="lower right",
+        loc="upper left",
+        bbox_to_anchor=(1.0, 1.0),
         fontsize=7,
     )
     fig.tight_layout()

@@ -20,6 +20,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -39,6 +40,7 @@ tools.TOOL_PACKAGES.update(
 QUEUED = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"}
 RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "SUSPENDED", "RESIZING", "STOPPED"}
 MAX_ARRAY = 1000  # Slurm's default MaxArraySize is 1001
+PATIENCE = 120.0  # seconds of squeue failures before the driver gives up
 
 
 class SlurmUnavailable(HostFailure):
@@ -65,6 +67,7 @@ class SlurmExecutor(Executor):
         super().__init__(ctx)
         self.prefix = f"vmwu-{ctx.experiment}-"
         self._jobcomp: Path | None | bool = False  # False: not looked up yet
+        self._down_since: float | None = None
 
     def check(self) -> None:
         conf = os.environ.get("SLURM_CONF")
@@ -145,7 +148,17 @@ class SlurmExecutor(Executor):
         return seen
 
     def poll(self, handles: Mapping[str, str]) -> dict[str, Observed]:
-        seen = self._squeue()
+        try:
+            seen = self._squeue()
+        except SlurmUnavailable:
+            # slurmctld restarting or busy: the jobs go on; give it a while, then stop
+            # (the jobs still go on; `vmwu sweep resume` follows them again later).
+            now = time.monotonic()
+            self._down_since = self._down_since or now
+            if now - self._down_since < PATIENCE:
+                return {}
+            raise
+        self._down_since = None
         out: dict[str, Observed] = {}
         for job, handle in handles.items():
             if handle in seen:
@@ -157,7 +170,10 @@ class SlurmExecutor(Executor):
 
     def _gone_state(self, handle: str) -> tuple[str, str]:
         """State of a task squeue no longer lists: scontrol, then the jobcomp file."""
-        proc = tools.run(["scontrol", "show", "job", "-o", handle], check=False, timeout=60)
+        try:
+            proc = tools.run(["scontrol", "show", "job", "-o", handle], check=False, timeout=60)
+        except subprocess.TimeoutExpired:
+            return "", ""
         text = proc.stdout.decode(errors="replace")
         if proc.returncode == 0 and "JobState=" in text:
             return _field(text, "JobState"), _field(text, "NodeList")
@@ -170,7 +186,10 @@ class SlurmExecutor(Executor):
     def _jobcomp_lines(self) -> list[str]:
         if self._jobcomp is False:
             self._jobcomp = None
-            conf = tools.run(["scontrol", "show", "config"], check=False, timeout=60)
+            try:
+                conf = tools.run(["scontrol", "show", "config"], check=False, timeout=60)
+            except subprocess.TimeoutExpired:
+                return []
             text = conf.stdout.decode(errors="replace")
             if re.search(r"JobCompType\s*=\s*jobcomp/filetxt", text):
                 loc = re.search(r"JobCompLoc\s*=\s*(\S+)", text)
