@@ -80,6 +80,7 @@ def test_socket_requests_and_replies(tmp_path: Path) -> None:
 
 
 def test_signals_become_requests(tmp_path: Path) -> None:
+    before = signal.getsignal(signal.SIGTERM)
     control = Control(tmp_path / "ctl.sock")
     control.install_signals()
     try:
@@ -95,7 +96,7 @@ def test_signals_become_requests(tmp_path: Path) -> None:
         (Action.RESUME, "SIGCONT"),
         (Action.QUIT, "SIGTERM"),
     ]
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) == before  # the handlers are put back
 
 
 def test_docs_wrapper_md_describes_every_option_and_control() -> None:

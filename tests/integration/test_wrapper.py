@@ -185,10 +185,11 @@ def test_a_unit_task_suspends_and_resumes(vmwu: Vmwu) -> None:
     try:
         wait_for(lambda: wrap.step() >= 2)
         assert wrap.ctl("suspend")["state"] == "suspended"
-        paused_at = wrap.ctl("status")
-        assert paused_at["state"] == "suspended"
-        time.sleep(2.5)  # several steps' worth of time: a running guest would report them
-        assert wrap.step() == int(paused_at["task"]["message"].split()[1])
+        assert wrap.ctl("status")["state"] == "suspended"
+        time.sleep(1.5)  # what the guest said before it was paused has been read by now
+        paused_at = wrap.step()
+        time.sleep(2.5)  # more than two steps' worth: a running guest would report them
+        assert wrap.step() == paused_at
         assert wrap.ctl("resume")["state"] == "running"
         code, err = wrap.wait()
     finally:
@@ -400,10 +401,11 @@ def test_a_failing_vm_app_and_a_missing_output_fail_the_job(vmwu: Vmwu) -> None:
     job = vmwu.tmp / "job.xml"
     job.write_text(
         "<job_desc><task><virtualmachine>tiny</virtualmachine><application>sh</application>"
-        "<command_line>-c 'echo bad; exit 5'</command_line>"
+        "<command_line>-c 'cat; exit 5'</command_line><stdin_filename>in.txt</stdin_filename>"
         "<stdout_filename>out.txt</stdout_filename></task></job_desc>"
     )
     wrap = Wrap(vmwu, job)
+    (wrap.slot / "in.txt").write_text("bad\n")
     result = wrap.run()
     assert result.returncode == 5, result.stderr
     assert (wrap.slot / "out.txt").read_text() == "bad\n"

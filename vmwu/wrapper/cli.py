@@ -48,9 +48,14 @@ def wrap_parser() -> argparse.ArgumentParser:
         "`vmwu wrap ctl suspend|resume|quit|abort|checkpoint|status` controls a running one.",
     )
     p.add_argument("job", nargs="?", help="the job file (default: job.xml in the slot dir)")
-    p.add_argument("--slot-dir", default=".", help="where the tasks run ($PWD; default: .)")
-    p.add_argument("--project-dir", help="$PROJECT_DIR (default: the job file's directory)")
-    p.add_argument("--nthreads", type=_positive(int, "--nthreads"), default=1, help="$NTHREADS")
+    p.add_argument(
+        "--slot-dir", default=".", metavar="DIR", help="where the tasks run ($PWD; default: .)"
+    )
+    p.add_argument(
+        "--project-dir", metavar="DIR", help="$PROJECT_DIR (default: the job file's directory)"
+    )
+    nthreads = _positive(int, "--nthreads")
+    p.add_argument("--nthreads", type=nthreads, default=1, metavar="N", help="$NTHREADS")
     p.add_argument(
         "--checkpoint-interval",
         type=_positive(float, "--checkpoint-interval"),
@@ -65,9 +70,15 @@ def wrap_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="checkpoints kept per VM task, newest first (default 2)",
     )
-    p.add_argument("--status-file", help="default: wrapper_status.json in the slot dir")
-    p.add_argument("--socket", help="control socket (default: .vmwu-wrap/ctl.sock in the slot)")
-    p.add_argument("--catalog", help="base catalog (default: $VMWU_CATALOG or the data dir)")
+    p.add_argument(
+        "--status-file", metavar="PATH", help="default: wrapper_status.json in the slot dir"
+    )
+    p.add_argument(
+        "--socket", metavar="PATH", help="control socket (default: .vmwu-wrap/ctl.sock in the slot)"
+    )
+    p.add_argument(
+        "--catalog", metavar="FILE", help="base catalog (default: $VMWU_CATALOG or the data dir)"
+    )
     p.add_argument("--accel", choices=ACCELS, default="auto")
     p.add_argument("--no-warm", action="store_true", help="boot VM tasks cold")
     p.add_argument(

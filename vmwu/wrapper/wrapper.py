@@ -170,14 +170,17 @@ class Wrapper:
             if self.task_status is not None:
                 self.task_status.elapsed = round(self.state.task_elapsed, 3)
         self._last = now
-        if self.current is not None and self.task_status is not None:
-            self.task_status.fraction = self.current.fraction()
-            if isinstance(self.current, VmTask):
-                self.task_status.message = self.current.message
+        self._refresh_task()
         if now - self._last_status >= STATUS_EVERY:
             self.write_status()
         if now - self._last_state >= STATE_EVERY:
             self.save_state()
+
+    def _refresh_task(self) -> None:
+        if self.current is not None and self.task_status is not None:
+            self.task_status.fraction = self.current.fraction()
+            if isinstance(self.current, VmTask):
+                self.task_status.message = self.current.message
 
     # -- the job ----------------------------------------------------------------------------
 
@@ -482,6 +485,7 @@ class Wrapper:
     def _handle(self, request: Request, runner: Runner) -> None:
         action = request.action
         if action is Action.STATUS:
+            self._refresh_task()
             request.reply({"ok": True, **self._status_data()})
         elif action is Action.SUSPEND:
             if not self.suspended:
