@@ -16,6 +16,12 @@ PACKAGES=(python3 python3-venv python3-pip qemu-system-x86 qemu-utils e2fsprogs 
 # slurm-wlm, slurmctld, slurmd, slurm-client, munge: the Slurm executor of `vmwu sweep` and the
 # single-node test cluster its tests start (scripts/slurm-test-cluster.sh).
 PACKAGES+=(slurm-wlm slurmctld slurmd slurm-client munge)
+# mmdebstrap, uidmap, fakechroot: `vmwu base build debian` (rootless: user namespaces, or
+# fakechroot where they do not work); fdisk, mtools, dosfstools, syslinux, syslinux-common:
+# bootable BIOS disk images for `vmwu base import` (tests, bench); ovmf: UEFI firmware;
+# libxml2-utils: xmllint for the OVF schema check (docs/bases.md).
+PACKAGES+=(mmdebstrap uidmap fakechroot fdisk mtools dosfstools syslinux syslinux-common ovmf
+           libxml2-utils)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -226,6 +226,10 @@ def pack(
     _check_dirs(spec)
     step("choosing the base image")
     base = select_base(spec, catalog)
+    if spec.guest_packages:  # issue 6: say now, not after the disks, if the base cannot
+        from vmwu.layer import base_info
+
+        base_info(base)
     script = autorun_script(spec, base)
     if spec.edit_script:
         script = edit_script(script, spec)

@@ -35,6 +35,13 @@ TOOL_PACKAGES: dict[str, str] = {
     "apt-cache": "apt",
     "dpkg-deb": "dpkg",
     "cp": "coreutils",
+    # issue 6: Debian bases (mmdebstrap) and bootable disk images (docs/bases.md)
+    "mmdebstrap": "mmdebstrap",
+    "fakechroot": "fakechroot",
+    "sfdisk": "fdisk",
+    "mformat": "mtools",
+    "mcopy": "mtools",
+    "syslinux": "syslinux",
 }
 
 # What vmwu needs for the core loop (pack, run, base build tiny); `vmwu doctor` checks these.

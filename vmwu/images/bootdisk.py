@@ -30,10 +30,6 @@ MiB = 1024**2
 SECTOR = 512
 MBR_CODE = Path("/usr/lib/syslinux/mbr/mbr.bin")
 
-tools.TOOL_PACKAGES.update(
-    {"sfdisk": "fdisk", "mformat": "mtools", "mcopy": "mtools", "syslinux": "syslinux"}
-)
-
 
 @dataclass(frozen=True)
 class BootEntry:
