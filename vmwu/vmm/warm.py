@@ -134,7 +134,9 @@ def save_state(
         qmp_socket=workdir / "qmp.sock" if len(os.fsencode(workdir)) < 90 else cfg.qmp_socket,
     )
     reader = EventReader(events)
-    with QemuMachine(save_cfg, log_path=workdir / "qemu.log") as vm:
+    # The template waits for an instance ISO that never comes unless this process drives
+    # it: if this process is killed (kill -9), the template must die too.
+    with QemuMachine(save_cfg, log_path=workdir / "qemu.log", die_with_parent=True) as vm:
         vm.launch()
         deadline = time.monotonic() + timeout
         while not any(e.get("event") == "ready" for e in reader.read()):
