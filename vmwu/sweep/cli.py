@@ -20,9 +20,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from vmwu.errors import BadInput
+
+if TYPE_CHECKING:
+    from vmwu.sweep.experiment import SweepOptions
 
 COMMANDS = ("resume", "status", "cancel", "report", "export", "exec-job")
 
@@ -114,19 +117,18 @@ def drive(
     quiet: bool,
     slots: int | None = None,
     rerun: Sequence[str] = (),
-    create_args: tuple[Path, object] | None = None,
+    create_args: tuple[Path, SweepOptions] | None = None,
 ) -> int:
+    """Run (or resume) the sweep in ``results`` under the driver lock; the exit code."""
     from vmwu.sweep.driver import Driver, TaskFailed, driver_lock, make_executor
-    from vmwu.sweep.experiment import SweepOptions, create, open_existing
+    from vmwu.sweep.experiment import create, open_existing
     from vmwu.sweep.journal import State
     from vmwu.sweep.progress import SweepProgress
 
     t0 = time.monotonic()
     with driver_lock(results):
         if create_args is not None:
-            plan_path, opts = create_args
-            assert isinstance(opts, SweepOptions)
-            exp = create(plan_path, results, opts)
+            exp = create(create_args[0], results, create_args[1])
         else:
             exp = open_existing(results)
         executor = make_executor(exp, slots)
