@@ -21,7 +21,8 @@ from vmwu.errors import BadInput, HostFailure
 from vmwu.images import bootdisk, rootfs
 from vmwu.spec import load_spec
 from vmwu.unit import BaseRef, BootMethod
-from vmwu.vmm.qemu import Drive, drive_args
+from vmwu.vmm import firmware
+from vmwu.vmm.qemu import Drive, MachineConfig, drive_args, pflash_args
 
 BAD_INPUT = 241
 
@@ -123,6 +124,48 @@ def test_bootable_disk_has_a_table_syslinux_and_a_root_at_its_offset(tmp_path: P
     assert "TIMEOUT 0" in cfg.stdout and "APPEND root=/dev/vda2" in cfg.stdout
     offset = parts[1]["start"] * 512
     assert "User:     0" in _stat(f"{disk}?offset={offset}", "/sbin/init")
+
+
+def test_uefi_disk_is_gpt_with_an_esp_and_is_told_apart_from_bios(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    loader = tmp_path / "BOOTX64.EFI"
+    loader.write_bytes(b"MZ" + bytes(1000))
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"kernel")
+    disks = {}
+    for kind in ("bios", "uefi"):
+        disks[kind] = tmp_path / f"{kind}.img"
+        bootdisk.make_bios_disk(
+            disks[kind],
+            boot_files={"vmlinuz": kernel},
+            entry=bootdisk.BootEntry(initrd=None, append="root=/dev/vda2"),
+            root=rootfs.Staged(root),
+            root_size=8 * 1024**2,
+            uefi_loader=loader if kind == "uefi" else None,
+        )
+        assert firmware.detect(disks[kind], "raw") == kind
+    fat = f"{disks['uefi']}@@{1024**2}"
+    entry = subprocess.run(
+        ["mtype", "-i", fat, "::/loader/entries/vmwu.conf"], capture_output=True, text=True
+    )
+    assert "linux /vmlinuz" in entry.stdout and "options root=/dev/vda2" in entry.stdout
+    efi = subprocess.run(["mtype", "-i", fat, "::/EFI/BOOT/BOOTX64.EFI"], capture_output=True)
+    assert efi.stdout.startswith(b"MZ")
+    qcow = tmp_path / "uefi.qcow2"
+    subprocess.run(
+        ["qemu-img", "convert", "-O", "qcow2", str(disks["uefi"]), str(qcow)], check=True
+    )
+    assert firmware.detect(qcow, "qcow2") == "uefi"
+
+
+def test_uefi_flash_is_ovmf_code_read_only_and_a_private_variable_store() -> None:
+    cfg = MachineConfig(pflash=(Path("/ovmf/CODE.fd"), Path("/inst/efivars.fd")))
+    args = pflash_args(cfg)
+    assert args == [
+        "-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/ovmf/CODE.fd",
+        "-drive", "if=pflash,format=raw,unit=1,file=/inst/efivars.fd",
+    ]  # fmt: skip
 
 
 # -- the NoCloud seed ------------------------------------------------------------------------

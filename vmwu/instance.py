@@ -226,6 +226,21 @@ def prepare_disks(inst: Path, disks: ResolvedDisks, opts: RunOptions) -> list[Dr
     return drives
 
 
+def uefi_flash(disks: ResolvedDisks, inst: Path, cache: NodeCache) -> tuple[Path, ...]:
+    """OVMF's code and a fresh copy of its variables when the base boots from a disk that
+    only UEFI can boot (vmwu/vmm/firmware.py); nothing for every other base."""
+    if disks.kernel is not None or disks.base_disk is None:
+        return ()
+    from vmwu.vmm import firmware
+
+    disk = disks.base_disk
+    if firmware.detect(disk.path, disk.format, cache, disk.path.name) != "uefi":
+        return ()
+    code, template = firmware.ovmf()
+    shutil.copyfile(template, inst / "efivars.fd")
+    return (code, inst / "efivars.fd")
+
+
 def choose_accel(opts: RunOptions, arch: str) -> accel_mod.AccelChoice:
     if opts.vmm_no_virtualisation:
         return accel_mod.AccelChoice("tcg", "TCG: vmm-no-virtualisation is set")
@@ -354,6 +369,7 @@ def prepare(opts: RunOptions, *, check_output: bool = True) -> Prepared:
         if cloudinit.needs_seed(desc.base):  # issue 6: a base without the vmwu agent
             seed = cloudinit.write_seed(inst / "seed.iso")
             drives.append(Drive("seed", seed, "raw", read_only=True, serial="VMWU-SEED"))
+        pflash = uefi_flash(disks, inst, cache)  # issue 6: a GPT disk with an EFI partition
         exe, bios = qemu_executable(opts)
         direct = desc.base.boot_method == BootMethod.DIRECT_KERNEL
         cpus = opts.cpus or desc.cpus
@@ -377,6 +393,7 @@ def prepare(opts: RunOptions, *, check_output: bool = True) -> Prepared:
             graphics=opts.vmm_graphics,
             executable=exe,
             bios_dir=bios,
+            pflash=pflash,
         )
     except BaseException:
         shutil.rmtree(inst, ignore_errors=True)

@@ -133,8 +133,8 @@ def download(
     base: BaseImage, packages: Sequence[str], dest: Path, step: Step = lambda m: None
 ) -> list[Path]:
     """The .deb files ``packages`` need on top of ``base`` (none: already installed)."""
-    check_names("bookworm", packages)  # name syntax only
     base_dir, info = base_info(base)
+    check_names(str(info.get("release", "stable")), packages)
     arch = str(info.get("architecture", "amd64"))
     root = dest / "apt"
     for sub in ("var/lib/apt/lists/partial", "var/cache/apt/archives/partial", "etc/apt"):

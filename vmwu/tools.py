@@ -41,6 +41,7 @@ TOOL_PACKAGES: dict[str, str] = {
     "sfdisk": "fdisk",
     "mformat": "mtools",
     "mcopy": "mtools",
+    "mmd": "mtools",
     "syslinux": "syslinux",
 }
 

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from vmwu.bases import mmdebstrap
+from vmwu.bases.apt import Apt
 from vmwu.bases.debian import build_initramfs, find_kernel
 from vmwu.bases.tiny import CMDLINE, module_order
 from vmwu.images import bootdisk, rootfs
@@ -71,7 +72,19 @@ def tiny_debs(downloads: Path) -> list[Path]:
     return [kernel[-1], busybox[-1]]
 
 
-def make_daemon_image(downloads: Path, dest: Path, *, app_device: str = "/dev/vdb") -> Path:
+def systemd_boot(downloads: Path, dest: Path) -> Path:
+    """systemd-boot's UEFI binary, from Debian's systemd-boot-efi package."""
+    debs = sorted(downloads.glob("systemd-boot-efi_*_amd64.deb"))
+    if not debs:
+        debs = Apt("amd64").download(["systemd-boot-efi"], downloads)
+    tree = unpack_debs(debs[-1:], dest)
+    return next(tree.rglob("systemd-bootx64.efi"))
+
+
+def make_daemon_image(
+    downloads: Path, dest: Path, *, app_device: str = "/dev/vdb", uefi: bool = False
+) -> Path:
+    """The daemon image; with ``uefi``, a GPT disk that boots by UEFI (systemd-boot)."""
     with tempfile.TemporaryDirectory(prefix="vmwu-daemon-img-") as tmp_str:
         tmp = Path(tmp_str)
         tree = unpack_debs(tiny_debs(downloads), tmp / "debs")
@@ -97,6 +110,7 @@ def make_daemon_image(downloads: Path, dest: Path, *, app_device: str = "/dev/vd
             entry=entry,
             root=staged,
             root_size=32 * MiB,
+            uefi_loader=systemd_boot(downloads, tmp / "sd-boot") if uefi else None,
         )
     return dest
 

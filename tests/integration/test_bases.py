@@ -176,6 +176,24 @@ def test_imported_bios_image_runs_the_thesis_way(bases: Vmwu, daemon_image: Path
     assert status["outcome"] == "app" and status["guest"]["exit_code"] == 7
 
 
+def test_imported_uefi_image_boots_with_ovmf(bases: Vmwu, tiny_home: Path) -> None:
+    """A GPT disk whose only boot loader is systemd-boot on an EFI system partition."""
+    image = make_daemon_image(tiny_home / "cache" / "downloads", bases.tmp / "uefi.img", uefi=True)
+    result = bases("base", "import", image, "--name", "uefi", "--via", "daemon")
+    assert result.returncode == 0, result.stderr
+    assert "UEFI" in json.loads(bases("base", "show", "uefi", "--json").stdout)["description"]
+    unit = bases.pack(
+        '/app/hello.sh "$@"',
+        name="uefi-hello",
+        files={"hello.sh": HELLO},
+        extra={"base-image": "uefi", "app-output-size": "4M"},
+    )
+    result, out, status = bases.run(unit, params=("u",))
+    assert result.returncode == 0, result.stderr
+    assert (out / "stdout.log").read_text() == "hello from busybox u\n"
+    assert "if=pflash" in status["cmdline"] and "BdsDxe" in (out / "console.log").read_text()
+
+
 def test_cloud_image_runs_through_cloud_init(bases: Vmwu, cloud_image: Path) -> None:
     """A Debian cloud image: the launcher's NoCloud seed starts the vmwu agent."""
     result = bases("base", "import", cloud_image, "--name", "cloud")

@@ -1,5 +1,6 @@
 """``vmwu base import IMAGE``: register an existing disk image that boots by its own boot
-loader (BIOS) and knows nothing of vmwu.
+loader (BIOS, or UEFI for a GPT disk with an EFI system partition: vmwu.vmm.firmware)
+and knows nothing of vmwu.
 
 The image is checked (a disk image qemu-img understands, with a boot sector), kept where
 it is (qcow2, raw and vmdk) or converted to qcow2 into ``<data>/bases/NAME/`` (vdi and
@@ -130,10 +131,14 @@ def import_base(
     sha, size = file_sha256(disk)
     files = (BaseFile(role=FileRole.BASE_DISK.value, path=disk, sha256=sha, size=size, format=fmt),)
     how = "its own script-bin daemon" if via == "daemon" else "cloud-init (NoCloud seed)"
+    from vmwu.vmm import firmware  # BIOS or UEFI is read from the disk at run time too
+
+    fw = firmware.classify(firmware.read_head(disk, fmt))
+    boots = "UEFI (GPT with an EFI system partition; needs OVMF)" if fw == "uefi" else "BIOS"
     base = BaseImage(
         id=None,
         name=name,
-        description=description or f"imported {image.name}: boots by its boot loader; {how}",
+        description=description or f"imported {image.name}: boots by {boots}; {how}",
         location=str(disk),
         architecture=architecture,
         guest_os=guest_os,

@@ -62,6 +62,8 @@ class MachineConfig:
     bios_dir: Path | None = None  # -L: firmware files when QEMU is not installed system-wide
     extra_args: tuple[str, ...] = field(default_factory=tuple)
     incoming: Path | None = None  # a saved VM state to resume (fed to QEMU on stdin)
+    # UEFI (issue 6, vmwu/vmm/firmware.py): OVMF code (read-only) and this VM's variables
+    pflash: tuple[Path, ...] = ()
 
 
 def qemu_binary(arch: str) -> str:
@@ -157,6 +159,15 @@ def drive_args(drives: tuple[Drive, ...]) -> list[str]:
     return args
 
 
+def pflash_args(cfg: MachineConfig) -> list[str]:
+    """UEFI firmware: the first flash is OVMF's code (read-only), the second its variables."""
+    args: list[str] = []
+    for unit, path in enumerate(cfg.pflash):
+        ro = ",readonly=on" if unit == 0 else ""
+        args += ["-drive", f"if=pflash,format=raw,unit={unit}{ro},file={opt(path)}"]
+    return args
+
+
 def qmp_args(cfg: MachineConfig) -> list[str]:
     if cfg.qmp_socket is None:
         return []
@@ -168,6 +179,7 @@ def build_argv(cfg: MachineConfig) -> list[str]:
     return [
         exe,
         *machine_args(cfg),
+        *pflash_args(cfg),
         *boot_args(cfg),
         *serial_args(cfg),
         *drive_args(cfg.drives),
