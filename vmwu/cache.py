@@ -78,6 +78,7 @@ class NodeCache:
         with self.lock(key):
             if final.exists():  # another process filled it while we waited
                 return final
+            self.clean_tmp()  # leftovers of fillers that crashed (kill -9, power loss)
             tmp = self._dir("tmp") / f"{key}.{os.getpid()}.{secrets.token_hex(4)}"
             try:
                 fill(tmp)

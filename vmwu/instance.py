@@ -132,12 +132,12 @@ def check_inputs(opts: RunOptions) -> None:
         raise BadInput(f"--timeout must be positive, got {opts.timeout}")
 
 
-def qemu_executable(opts: RunOptions) -> tuple[str | None, Path | None]:
+def qemu_executable(opts: RunOptions, arch: str) -> tuple[str | None, Path | None]:
     """(executable, firmware dir) from vmm-executable / vmm-directory / vmm-local."""
     exe = opts.vmm_executable
     bios: Path | None = None
     if opts.vmm_directory is not None:
-        name = exe or "qemu-system-x86_64"
+        name = exe or qemu_binary(arch)
         candidate = opts.vmm_directory / name
         if opts.vmm_local or exe is None or not shutil.which(name):
             exe = os.fspath(candidate)
@@ -370,7 +370,7 @@ def prepare(opts: RunOptions, *, check_output: bool = True) -> Prepared:
             seed = cloudinit.write_seed(inst / "seed.iso")
             drives.append(Drive("seed", seed, "raw", read_only=True, serial="VMWU-SEED"))
         pflash = uefi_flash(disks, inst, cache)  # issue 6: a GPT disk with an EFI partition
-        exe, bios = qemu_executable(opts)
+        exe, bios = qemu_executable(opts, arch)
         direct = desc.base.boot_method == BootMethod.DIRECT_KERNEL
         cpus = opts.cpus or desc.cpus
         cmdline = ""
