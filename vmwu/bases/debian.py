@@ -24,7 +24,6 @@ docs/bases.md has the why of each choice and the measured times.
 
 from __future__ import annotations
 
-import datetime
 import json
 import shutil
 import tempfile
@@ -35,12 +34,12 @@ from pathlib import Path
 from vmwu import AGENT_VERSION, guest, paths
 from vmwu.arch import canonical_arch
 from vmwu.bases import mmdebstrap
+from vmwu.bases.register import direct_kernel_base
 from vmwu.bases.tiny import CMDLINE, DIRS, applet_links, module_order
-from vmwu.catalog import BaseFile, BaseImage, Catalog, base_identity
+from vmwu.catalog import BaseImage, Catalog
 from vmwu.errors import BadInput
 from vmwu.images import cpio, qemu_img, rootfs
-from vmwu.ova import file_sha256
-from vmwu.unit import BootMethod, FileRole
+from vmwu.unit import FileRole
 
 Step = Callable[[str], None]
 
@@ -201,36 +200,19 @@ def build_debian(
             shutil.rmtree(base_dir)
         out.rename(base_dir)
 
-    files = []
-    for role, fname, fmt in (
-        (FileRole.KERNEL, "kernel", "bzimage"),
-        (FileRole.INITRD, "initrd.img", "cpio"),
-        (FileRole.BASE_DISK, "root.qcow2", "qcow2"),
-    ):
-        sha, size = file_sha256(base_dir / fname)
-        files.append(
-            BaseFile(role=role.value, path=base_dir / fname, sha256=sha, size=size, format=fmt)
-        )
-    major_minor = ".".join(version.split(".")[:2])
     shown = f", with {', '.join(extra)}" if extra else ""
-    base = BaseImage(
-        id=None,
+    base = direct_kernel_base(
         name=name,
         description=f"Debian {release} {deb_arch} (systemd, vmwu agent) on kernel {version}{shown}",
-        location=str(base_dir),
+        base_dir=base_dir,
+        files=[
+            (FileRole.KERNEL, "kernel", "bzimage"),
+            (FileRole.INITRD, "initrd.img", "cpio"),
+            (FileRole.BASE_DISK, "root.qcow2", "qcow2"),
+        ],
         architecture=arch,
-        guest_os=f"linux{major_minor}",
-        filesystem="ext4",
-        script_template=str(base_dir / "autorun.sh"),
-        date_added=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S"),
-        sha256=base_identity(files),
-        size=sum(f.size for f in files),
-        format="direct-kernel",
-        boot_method=BootMethod.DIRECT_KERNEL.value,
-        agent_version=AGENT_VERSION,
+        kernel_version=version,
         cmdline=f"{CMDLINE} root=UUID={fs_uuid} rw",
-        cdrom_as_hard_disk=True,
-        files=tuple(files),
     )
     step("registering the base")
     return catalog.add(base, replace=replace)

@@ -80,3 +80,37 @@ def add_base(
         files=tuple(files),
     )
     return catalog.add(base, replace=replace)
+
+
+def direct_kernel_base(
+    *,
+    name: str,
+    description: str,
+    base_dir: Path,
+    files: list[tuple[FileRole, str, str]],
+    architecture: str,
+    kernel_version: str,
+    cmdline: str,
+) -> BaseImage:
+    """A built base that boots with -kernel/-initrd: its files (role, name in ``base_dir``,
+    format) hashed, with the default auto-run template kept beside them (autorun.sh)."""
+    registered = []
+    for role, fname, fmt in files:
+        sha, size = file_sha256(base_dir / fname)
+        registered.append(
+            BaseFile(role=role.value, path=base_dir / fname, sha256=sha, size=size, format=fmt)
+        )
+    return BaseImage(
+        id=None,
+        name=name,
+        description=description,
+        location=str(base_dir),
+        architecture=architecture,
+        guest_os="linux" + ".".join(kernel_version.split(".")[:2]),
+        script_template=str(base_dir / "autorun.sh"),
+        sha256=base_identity(registered),
+        boot_method=BootMethod.DIRECT_KERNEL.value,
+        agent_version=AGENT_VERSION,
+        cmdline=cmdline,
+        files=tuple(registered),
+    )

@@ -19,7 +19,6 @@ references) just the kernel and the initramfs, and the VM boots with ``-kernel/-
 
 from __future__ import annotations
 
-import datetime
 import logging
 import re
 import shutil
@@ -30,11 +29,11 @@ from pathlib import Path
 
 from vmwu import AGENT_VERSION, guest, paths, tools
 from vmwu.bases.apt import Apt
-from vmwu.catalog import BaseFile, BaseImage, Catalog, base_identity
+from vmwu.bases.register import direct_kernel_base
+from vmwu.catalog import BaseImage, Catalog
 from vmwu.errors import BadInput, VmwuError
 from vmwu.images import cpio
-from vmwu.ova import file_sha256
-from vmwu.unit import BootMethod, FileRole
+from vmwu.unit import FileRole
 
 log = logging.getLogger(__name__)
 
@@ -252,37 +251,17 @@ def build_tiny(
             shutil.rmtree(staging, ignore_errors=True)
             raise
 
-    files = []
-    for role, fname, fmt in (
-        (FileRole.KERNEL, "kernel", prof.kernel_format),
-        (FileRole.INITRD, "initrd.img", "cpio"),
-    ):
-        sha, size = file_sha256(base_dir / fname)
-        files.append(
-            BaseFile(role=role.value, path=base_dir / fname, sha256=sha, size=size, format=fmt)
-        )
-    major_minor = ".".join(version.split(".")[:2])
-    base = BaseImage(
-        id=None,
+    base = direct_kernel_base(
         name=name,
         description=f"busybox + vmwu agent on Debian's cloud kernel {version} (direct boot)",
-        location=str(base_dir),
+        base_dir=base_dir,
+        files=[
+            (FileRole.KERNEL, "kernel", prof.kernel_format),
+            (FileRole.INITRD, "initrd.img", "cpio"),
+        ],
         architecture=prof.arch,
-        guest_os=f"linux{major_minor}",
-        filesystem="ext4",
-        input_device="LABEL=VMWU-APP",
-        output_device="LABEL=VMWU-OUT",
-        cdrom_device="LABEL=VMWU-INST",
-        script_template=str(base_dir / "autorun.sh"),
-        date_added=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S"),
-        sha256=base_identity(files),
-        size=sum(f.size for f in files),
-        format="direct-kernel",
-        boot_method=BootMethod.DIRECT_KERNEL.value,
-        agent_version=AGENT_VERSION,
+        kernel_version=version,
         cmdline=prof.cmdline,
-        cdrom_as_hard_disk=True,
-        files=tuple(files),
     )
     step("registering the base")
     return catalog.add(base, replace=replace)

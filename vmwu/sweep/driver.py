@@ -18,7 +18,6 @@ Every state change is committed to the journal before it is acted on:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import signal
@@ -29,7 +28,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from vmwu.errors import BadInput, Interrupted, VmwuError
+from vmwu.errors import Interrupted, VmwuError
+from vmwu.locks import held_by_this_process, holder
 from vmwu.sweep.executors import Context, Executor, Observed, Phase, Submission, get_executor
 from vmwu.sweep.expand import source_path
 from vmwu.sweep.experiment import Experiment
@@ -46,41 +46,18 @@ SUMMARY_EVERY = 2.0  # seconds between rewrites of results.csv/json while runnin
 @contextlib.contextmanager
 def driver_lock(results: Path) -> Iterator[None]:
     """One driver per results directory (an flock, released even by kill -9)."""
-    path = Layout(results).lock
-    fh = open(path, "a+")
-    try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            pid = fh.read().strip() or "?"
-            raise BadInput(
-                f"another vmwu sweep driver (pid {pid}) is running {results}",
-                hint=f"wait for it, or stop it with `vmwu sweep cancel {results}`",
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
+    with held_by_this_process(
+        Layout(results).lock,
+        "vmwu sweep driver",
+        str(results),
+        hint=f"wait for it, or stop it with `vmwu sweep cancel {results}`",
+    ):
         yield
-    finally:
-        fh.close()
 
 
 def driver_pid(results: Path) -> int | None:
     """The pid of the driver running ``results``, if one holds the lock."""
-    path = Layout(results).lock
-    if not path.exists():
-        return None
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            text = fh.read().strip()
-            return int(text) if text.isdigit() else None
-        fcntl.flock(fh, fcntl.LOCK_UN)
-    return None
+    return holder(Layout(results).lock)
 
 
 def make_executor(exp: Experiment, slots: int | None = None) -> Executor:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import resource
 import signal
+import subprocess
 from collections.abc import Callable
 
 PR_SET_PDEATHSIG = 1
@@ -28,3 +30,14 @@ def die_with_parent() -> Callable[[], None]:
             os._exit(1)
 
     return preexec
+
+
+def reap(proc: subprocess.Popen[bytes]) -> tuple[int, resource.struct_rusage] | None:
+    """(exit code, resource usage) of ``proc`` if it has exited, reaping it with ``wait4``
+    (``Popen.poll`` would lose the usage: peak RSS, CPU time); None while it runs."""
+    pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+    if pid == 0:
+        return None
+    code = os.waitstatus_to_exitcode(status)
+    proc.returncode = code  # reaped here: keep the Popen object consistent
+    return code, usage

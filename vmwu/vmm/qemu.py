@@ -24,6 +24,7 @@ from typing import Any
 
 from vmwu import tools
 from vmwu.errors import BadInput, VMCrashed
+from vmwu.vmm.lifetime import reap
 
 log = logging.getLogger(__name__)
 
@@ -257,11 +258,10 @@ class QemuMachine:
         """QEMU's exit status if it has exited (reaped with wait4 to get its rusage)."""
         if self._proc is None or self.returncode is not None:
             return self.returncode
-        pid, status, usage = os.wait4(self._proc.pid, os.WNOHANG)
-        if pid == 0:
+        reaped = reap(self._proc)
+        if reaped is None:
             return None
-        code = os.waitstatus_to_exitcode(status)
-        self._proc.returncode = code  # we reaped it; keep Popen consistent
+        code, usage = reaped
         self.peak_rss_kib = usage.ru_maxrss
         self.cpu_seconds = usage.ru_utime + usage.ru_stime
         self._exited(code)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from vmwu.errors import BadInput
-from vmwu.vmm.lifetime import die_with_parent
+from vmwu.vmm.lifetime import die_with_parent, reap
 from vmwu.wrapper.jobxml import TaskSpec
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -143,11 +143,10 @@ class HostTask:
         """The exit code once the program has ended (death by signal N: 128 + N)."""
         if self._proc is None or self.returncode is not None:
             return self.returncode
-        pid, status, usage = os.wait4(self._proc.pid, os.WNOHANG)
-        if pid == 0:
+        reaped = reap(self._proc)
+        if reaped is None:
             return None
-        code = os.waitstatus_to_exitcode(status)
-        self._proc.returncode = code
+        code, usage = reaped
         self._final_cpu = usage.ru_utime + usage.ru_stime
         self.returncode = 128 - code if code < 0 else code
         return self.returncode

@@ -14,7 +14,6 @@ restart from the beginning and find their own checkpoint files, as under BOINC.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
@@ -26,7 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from vmwu.errors import BadInput, ExitCode, GuestTimeout, VmwuError
+from vmwu.errors import ExitCode, GuestTimeout, VmwuError
+from vmwu.locks import held_by_this_process
 from vmwu.sizes import format_size
 from vmwu.wrapper.checkpoint import Checkpoint, CheckpointStore
 from vmwu.wrapper.control import Action, Control, Request
@@ -223,19 +223,12 @@ class Wrapper:
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
-        with open(self.dir / "lock", "a+") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                fh.seek(0)
-                pid = fh.read().strip() or "?"
-                raise BadInput(
-                    f"another vmwu wrap (pid {pid}) is running in {self.slot}",
-                    hint="control it with `vmwu wrap ctl`",
-                ) from None
-            fh.truncate(0)
-            fh.write(f"{os.getpid()}\n")
-            fh.flush()
+        with held_by_this_process(
+            self.dir / "lock",
+            "vmwu wrap",
+            f"in {self.slot}",
+            hint="control it with `vmwu wrap ctl`",
+        ):
             yield
 
     def _clean_leftovers(self) -> None:
