@@ -402,3 +402,38 @@ def test_unknown_disk_format_is_refused(home: Home) -> None:
     one_error_line(
         home("pack", "-q", "u.toml", "--format", "vhdx"), BAD_INPUT, "disk-format 'vhdx'"
     )
+
+
+def test_vmdk_cid_is_pinned_whatever_its_length(tmp_path: Path) -> None:
+    """QEMU writes the random content ID with %x: 1 to 8 digits. The pinned file must not
+    depend on either the value or the length."""
+    from vmwu.vmdk import pin_cid
+
+    raw = tmp_path / "r.raw"
+    with open(raw, "wb") as fh:
+        fh.truncate(4 << 20)
+    outputs = []
+    for n, cid in enumerate((b"1234567", b"89abcdef", b"5")):
+        (tmp_path / str(n)).mkdir()
+        vmdk = tmp_path / str(n) / "u-app.vmdk"  # the extent line names the file itself
+        subprocess.run(
+            ["qemu-img", "convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized",
+             str(raw), str(vmdk)],
+            check=True,
+        )  # fmt: skip
+        data = bytearray(vmdk.read_bytes())
+        start = data.index(b"\nCID=") + 5
+        end = data.index(b"\n", start)
+        text_end = data.index(b"\0", start)
+        # rewrite the CID with another length, keeping the descriptor area's size
+        text = bytes(data[start - 5 : text_end]).replace(bytes(data[start:end]), cid, 1)
+        area = text_end - (start - 5)
+        data[start - 5 : text_end + 1] = text.ljust(area + 1, b"\0")
+        vmdk.write_bytes(bytes(data))
+        pin_cid(vmdk)
+        outputs.append(vmdk.read_bytes())
+    assert outputs[0] == outputs[1] == outputs[2]
+    check = subprocess.run(
+        ["qemu-img", "check", str(tmp_path / "0" / "u-app.vmdk")], capture_output=True
+    )
+    assert check.returncode == 0

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from vmwu.images import qemu_img
 
-_CID = re.compile(rb"\nCID=([0-9a-f]{8})\n")
+_CID = re.compile(rb"\nCID=[0-9a-f]{1,8}\n")
 _DESCRIPTOR_BYTES = 64 * 1024  # the descriptor sits in the first sectors
 
 
@@ -26,18 +26,35 @@ def write_stream_optimized(raw: Path, dest: Path) -> None:
 
 def pin_cid(path: Path) -> str:
     """Replace the descriptor's random CID by the first 32 bits of the sha256 of the file
-    with the CID zeroed; returns the new CID."""
+    with a zero CID; returns the new CID.
+
+    QEMU writes the CID as ``%x``, so it has 1 to 8 digits: the descriptor text is rewritten
+    with an 8-digit CID inside its NUL-padded area, which makes the result independent of
+    the random value and of its length."""
     with open(path, "r+b") as fh:
         head = fh.read(_DESCRIPTOR_BYTES)
-        match = _CID.search(head)
-        if match is None:
+        start = head.find(b"# Disk DescriptorFile")
+        end = head.find(b"\0", start) if start >= 0 else -1
+        if end < 0:
             return ""
-        start = match.start(1)
+        area_end = end
+        while area_end < len(head) and head[area_end] == 0:
+            area_end += 1
+        text = head[start:end]
+        if _CID.search(text) is None:
+            return ""
+
+        def with_cid(cid: str) -> bytes:
+            new = _CID.sub(b"\nCID=" + cid.encode() + b"\n", text, count=1)
+            if len(new) > area_end - start:
+                raise ValueError(f"{path}: no room for the VMDK descriptor")  # a bug
+            return new.ljust(area_end - start, b"\0")
+
         digest = hashlib.sha256()
-        digest.update(head[:start] + b"00000000" + head[match.end(1) :])
+        digest.update(head[:start] + with_cid("00000000") + head[area_end:])
         while chunk := fh.read(1 << 20):
             digest.update(chunk)
         cid = digest.hexdigest()[:8]
         fh.seek(start)
-        fh.write(cid.encode())
+        fh.write(with_cid(cid))
     return cid
