@@ -6,6 +6,8 @@ In a fresh VMWU_HOME it builds or makes, and times:
 
 - ``tiny``: `vmwu base build tiny` (busybox initramfs, direct boot);
 - ``debian``: `vmwu base build debian` (mmdebstrap, systemd, direct boot over a root disk);
+- ``tiny-arm64`` and ``debian-arm64``: the same for arm64 guests, emulated by
+  qemu-system-aarch64 (Debian's packages installed by dpkg in the emulated guest);
 - ``imported-daemon``: a BIOS disk (syslinux, busybox, the thesis's script-bin daemon) made
   from tiny's packages and registered with `vmwu base import --via daemon`;
 - ``imported-cloud``: a Debian cloud image (mmdebstrap with cloud-init, syslinux) made here
@@ -13,7 +15,7 @@ In a fresh VMWU_HOME it builds or makes, and times:
 
 For each base: ``build_s`` (making the image and registering it), ``size_bytes`` (what the
 catalog holds: the base's files), then ``--runs`` runs of a no-op unit (``app-launch =
-"true"``) on it, cold boot (``--no-warm``; tiny also warm, the node's saved guest), medians
+"true"``) on it, cold boot (``--no-warm``; tiny bases also warm, the node's saved guest), medians
 of the status.json timings: ``boot_to_app_start_s`` (QEMU start → the agent's ``started``),
 ``app_exit_to_poweroff_s`` (the ``exit`` event → QEMU gone), ``qemu_s`` and the wall clock
 of `vmwu run`. Timings on a shared machine are noisy: compare within one run of this script.
@@ -68,6 +70,14 @@ def main() -> None:
         builds["tiny"] = timed(lambda: sh(VMWU + ["base", "build", "tiny", "-q"], env))
         if "debian" not in args.skip:
             builds["debian"] = timed(lambda: sh(VMWU + ["base", "build", "debian", "-q"], env))
+        arm64 = {
+            "tiny-arm64": ["base", "build", "tiny", "--arch", "arm64"],
+            "debian-arm64": ["base", "build", "debian", "--arch", "arm64"],
+        }
+        for name, argv in arm64.items():
+            if name not in args.skip:
+                command = [*VMWU, *argv, "--name", name, "-q"]
+                builds[name] = timed(lambda command=command: sh(command, env))
         if "imported-daemon" not in args.skip:
             img = work / "daemon.img"
 
@@ -101,7 +111,7 @@ def main() -> None:
             unit = work / f"noop-{name}.ova"
             sh(VMWU + ["pack", str(spec), "-o", str(unit), "-q"], env)
             modes = {"cold": ["--no-warm"]}
-            if name == "tiny":
+            if name.startswith("tiny"):
                 modes["warm"] = []
             entry: dict[str, Any] = {
                 "build_s": build_s,

@@ -250,6 +250,29 @@ def test_mmdebstrap_command_line_is_rootless_and_tarball(tmp_path: Path) -> None
     ]
 
 
+def test_a_foreign_bootstrap_only_extracts_and_keeps_the_debs_for_the_guest(
+    tmp_path: Path,
+) -> None:
+    spec = mmdebstrap.Bootstrap(release="bookworm", arch="arm64", packages=("g++",), foreign=True)
+    argv = mmdebstrap.bootstrap_argv(spec, "unshare", tmp_path / "r.tar")
+    assert "--variant=extract" in argv and "--architectures=arm64" in argv
+    # minbase's set spelled out, since extract installs nothing of its own
+    assert {"--include=?essential", "--include=?priority(required)", "--include=g++"} <= set(argv)
+    assert "--skip=check/qemu" in argv  # nothing of arm64 runs on the host
+    hook = next(a for a in argv if a.startswith("--extract-hook="))
+    assert mmdebstrap.SECOND_STAGE_DEBS in hook and "var/cache/apt/archives/*.deb" in hook
+
+
+def test_a_bad_architecture_for_the_debian_base_is_one_line(tmp_path: Path) -> None:
+    from vmwu.bases.debian import build_debian
+    from vmwu.catalog import Catalog
+
+    with pytest.raises(BadInput, match="unknown architecture 'mips'"):
+        build_debian(Catalog(tmp_path / "c.sqlite"), arch="mips")
+    with pytest.raises(BadInput, match="cannot be built for 'i386'"):
+        build_debian(Catalog(tmp_path / "c.sqlite"), arch="i386")
+
+
 # -- the command line -----------------------------------------------------------------------
 
 

@@ -29,6 +29,7 @@ TOOL_PACKAGES: dict[str, str] = {
     "mke2fs": "e2fsprogs",
     "debugfs": "e2fsprogs",
     "e2fsck": "e2fsprogs",
+    "e2image": "e2fsprogs",
     "lz4": "lz4",
     "zstd": "zstd",
     "apt-get": "apt",
@@ -37,6 +38,7 @@ TOOL_PACKAGES: dict[str, str] = {
     "cp": "coreutils",
     # issue 6: Debian bases (mmdebstrap) and bootable disk images (docs/bases.md)
     "mmdebstrap": "mmdebstrap",
+    "dpkg": "dpkg",
     "fakechroot": "fakechroot",
     "sfdisk": "fdisk",
     "mformat": "mtools",

@@ -33,12 +33,12 @@ from pathlib import Path
 
 from vmwu import AGENT_VERSION, guest, paths
 from vmwu.arch import canonical_arch
-from vmwu.bases import mmdebstrap
+from vmwu.bases import foreign, mmdebstrap
 from vmwu.bases.register import direct_kernel_base
-from vmwu.bases.tiny import CMDLINE, DIRS, applet_links, module_order
+from vmwu.bases.tiny import DIRS, PROFILES, applet_links, module_order
 from vmwu.catalog import BaseImage, Catalog
 from vmwu.errors import BadInput
-from vmwu.images import cpio, qemu_img, rootfs
+from vmwu.images import cpio, ext4, qemu_img, rootfs
 from vmwu.unit import FileRole
 
 Step = Callable[[str], None]
@@ -62,16 +62,18 @@ def kernel_package(arch: str) -> str:
         ) from None
 
 
-def guest_files() -> list[tuple[str, bytes, int]]:
-    """(path, contents, mode) of everything vmwu adds to a Debian tree."""
+def guest_files(console: str = "ttyS0") -> list[tuple[str, bytes, int]]:
+    """(path, contents, mode) of everything vmwu adds to a Debian tree; ``console`` is the
+    serial console's device (the agent's messages go there)."""
     g = guest.read
+    service = g(guest.DEBIAN_SERVICE).replace(b"/dev/ttyS0", f"/dev/{console}".encode())
     return [
         ("/usr/local/bin/vmwu-agent", g(guest.AGENT), 0o755),
         ("/usr/local/bin/vmwu-progress", g(guest.PROGRESS), 0o755),
         ("/usr/local/bin/vmwu-mount", g(guest.MOUNT), 0o755),
         ("/usr/local/bin/vmwu-findlabel", g(guest.FINDLABEL), 0o755),
         ("/usr/local/lib/vmwu/vmwu-start", g(guest.DEBIAN_START), 0o755),
-        ("/etc/systemd/system/vmwu.service", g(guest.DEBIAN_SERVICE), 0o644),
+        ("/etc/systemd/system/vmwu.service", service, 0o644),
         ("/etc/systemd/system/vmwu.target", g(guest.DEBIAN_TARGET), 0o644),
         ("/etc/vmwu/agent-version", f"{AGENT_VERSION}\n".encode(), 0o644),
         ("/etc/hostname", b"vmwu\n", 0o644),
@@ -79,9 +81,9 @@ def guest_files() -> list[tuple[str, bytes, int]]:
     ]
 
 
-def install_guest_side(staged: rootfs.Staged) -> None:
+def install_guest_side(staged: rootfs.Staged, console: str = "ttyS0") -> None:
     """The vmwu agent, its units, and a boot that starts nothing else."""
-    for path, data, mode in guest_files():
+    for path, data, mode in guest_files(console):
         staged.add_file(path, data, mode=mode)
     staged.add_symlink("/etc/systemd/system/default.target", "vmwu.target")
     # Generators run at every boot and cost ~2 s under emulation; nothing here needs
@@ -148,26 +150,46 @@ def build_debian(
     if not replace and catalog.exists(name):
         raise BadInput(f"base '{name}' already exists in {catalog.path}", hint="use --replace")
     arch = canonical_arch(arch)
-    deb_arch = mmdebstrap.DEBIAN_ARCH.get(arch, arch)
+    if arch not in PROFILES:
+        raise BadInput(
+            f"the Debian base cannot be built for {arch!r}", hint="use --arch amd64 or arm64"
+        )
+    prof = PROFILES[arch]
+    deb_arch = prof.deb_arch
     extra = tuple(p.strip() for p in packages if p.strip())
     mmdebstrap.check_names(release, extra)
     wanted = (kernel_package(deb_arch), *BASE_PACKAGES, *extra)
-    spec = mmdebstrap.Bootstrap(release=release, arch=deb_arch, packages=wanted, mirror=mirror)
+    is_foreign = deb_arch != mmdebstrap.host_arch()
+    spec = mmdebstrap.Bootstrap(
+        release=release, arch=deb_arch, packages=wanted, mirror=mirror, foreign=is_foreign
+    )
+    console = prof.cmdline.split()[0].removeprefix("console=")
+    cmdline_base = prof.cmdline
     base_dir = paths.bases_dir() / name
     base_dir.parent.mkdir(parents=True, exist_ok=True)
+    # the second stage's console, beside the base (not in the build's temp dir, which a
+    # failure removes): what dpkg said in the guest
+    console_log = base_dir.parent / f"{name}.second-stage.log"
     with tempfile.TemporaryDirectory(prefix=f".{name}-build-", dir=base_dir.parent) as tmp_str:
         tmp = Path(tmp_str)
-        step(f"bootstrapping Debian {release} ({deb_arch}) with mmdebstrap")
+        how = " (packages unpacked only: installed in the guest next)" if is_foreign else ""
+        step(f"bootstrapping Debian {release} ({deb_arch}) with mmdebstrap{how}")
         mmdebstrap.bootstrap(spec, tmp / "rootfs.tar")
         step("unpacking the root file system")
         staged = rootfs.extract(tmp / "rootfs.tar", tmp / "root")
         (tmp / "rootfs.tar").unlink()
         kernel, version = find_kernel(staged.root)
-        install_guest_side(staged)
+        install_guest_side(staged, console)
+        if is_foreign:
+            foreign.add_script(staged)
         out = tmp / "out"
         out.mkdir()
+        step("writing the initramfs")
+        build_initramfs(staged.root, version, out / "initrd.img")
+        shutil.copyfile(kernel, out / "kernel")
         step("writing the root disk (mkfs.ext4 -d)")
         fs_uuid = str(uuid_mod.uuid4())
+        cmdline = f"{cmdline_base} root=UUID={fs_uuid} rw"
         rootfs.make_ext4(
             tmp / "root.raw",
             staged,
@@ -175,14 +197,28 @@ def build_debian(
             label="VMWU-ROOT",
             uuid=fs_uuid,
         )
+        if is_foreign:
+            step(f"installing the packages in the {deb_arch} guest (emulated: minutes)")
+            foreign.run(
+                tmp / "root.raw",
+                arch=arch,
+                kernel=out / "kernel",
+                initrd=out / "initrd.img",
+                cmdline=cmdline,
+                work=tmp,
+                console=console_log,
+            )
+            dpkg_status = ext4.read_file(tmp / "root.raw", "/var/lib/dpkg/status") or b""
+            # the .deb files the guest installed and deleted still fill their blocks
+            ext4.compact(tmp / "root.raw", tmp / "compact.raw")
+            (tmp / "compact.raw").rename(tmp / "root.raw")
+        else:
+            dpkg_status = (staged.root / "var/lib/dpkg/status").read_bytes()
         qemu_img.convert(tmp / "root.raw", out / "root.qcow2", src_format="raw")
         (tmp / "root.raw").unlink()
-        step("writing the initramfs")
-        build_initramfs(staged.root, version, out / "initrd.img")
-        shutil.copyfile(kernel, out / "kernel")
         # What `guest-packages` needs to resolve packages against this base (vmwu.layer):
         # what is installed, where it came from, and the keys that sign it.
-        shutil.copyfile(staged.root / "var/lib/dpkg/status", out / "dpkg-status")
+        (out / "dpkg-status").write_bytes(dpkg_status)
         shutil.copyfile(staged.root / "etc/apt/sources.list", out / "sources.list")
         shutil.copytree(staged.root / "etc/apt/trusted.gpg.d", out / "trusted.gpg.d")
         (out / "autorun.sh").write_bytes(guest.read(guest.DEFAULT_TEMPLATE))
@@ -199,6 +235,8 @@ def build_debian(
         if base_dir.exists():
             shutil.rmtree(base_dir)
         out.rename(base_dir)
+    if is_foreign:
+        console_log.rename(base_dir / "second-stage-console.log")
 
     shown = f", with {', '.join(extra)}" if extra else ""
     base = direct_kernel_base(
@@ -206,13 +244,13 @@ def build_debian(
         description=f"Debian {release} {deb_arch} (systemd, vmwu agent) on kernel {version}{shown}",
         base_dir=base_dir,
         files=[
-            (FileRole.KERNEL, "kernel", "bzimage"),
+            (FileRole.KERNEL, "kernel", prof.kernel_format),
             (FileRole.INITRD, "initrd.img", "cpio"),
             (FileRole.BASE_DISK, "root.qcow2", "qcow2"),
         ],
         architecture=arch,
         kernel_version=version,
-        cmdline=f"{CMDLINE} root=UUID={fs_uuid} rw",
+        cmdline=cmdline,
     )
     step("registering the base")
     return catalog.add(base, replace=replace)

@@ -43,6 +43,9 @@ class Bootstrap:
     packages: tuple[str, ...] = ()
     variant: str = "minbase"
     mirror: str | None = None  # None: mmdebstrap's default (with -updates and -security)
+    # Another architecture than the host's: extract only, keep the .debs for the guest to
+    # install (vmwu.bases.foreign), as nothing of that architecture can run here.
+    foreign: bool = False
     # dpkg path excludes: documentation and translations nobody reads in a work unit
     excludes: tuple[str, ...] = (
         "/usr/share/doc/*",
@@ -101,14 +104,39 @@ def choose_mode() -> str:
     )
 
 
+# Where a foreign bootstrap leaves its .debs in the tree (the guest's second stage).
+SECOND_STAGE_DEBS = "/var/lib/vmwu/second-stage/debs"
+MERGED_USR_SETUP = "/usr/share/mmdebstrap/hooks/merged-usr/setup00.sh"
+
+
+def host_arch() -> str:
+    """The host's Debian architecture (amd64 here)."""
+    return tools.run(["dpkg", "--print-architecture"]).stdout.decode().strip()
+
+
 def bootstrap_argv(spec: Bootstrap, mode: str, target: Path) -> list[str]:
     argv = [
         "mmdebstrap",
         f"--mode={mode}",
-        f"--variant={spec.variant}",
+        f"--variant={'extract' if spec.foreign else spec.variant}",
         f"--architectures={spec.arch}",
         "--format=tar",
     ]
+    if spec.foreign:
+        # minbase's package set (essential + required + apt) named as apt patterns, since
+        # the extract variant installs nothing by itself; each its own --include, as a
+        # pattern may hold commas. The .debs are copied aside before mmdebstrap's cleanup.
+        argv += [
+            "--skip=check/qemu",
+            "--include=?essential",
+            "--include=?priority(required)",
+            # /usr merged by mmdebstrap's own hook, as the minbase variant would have it
+            # (usr-is-merged then stands for usrmerge and its conversion script)
+            "--include=apt,usr-is-merged",
+            f"--setup-hook={MERGED_USR_SETUP}",
+            f'--extract-hook=mkdir -p "$1{SECOND_STAGE_DEBS}" && '
+            f'cp "$1"/var/cache/apt/archives/*.deb "$1{SECOND_STAGE_DEBS}/"',
+        ]
     if spec.packages:
         argv.append("--include=" + ",".join(spec.packages))
     argv += [f"--dpkgopt=path-exclude={p}" for p in spec.excludes]

@@ -18,6 +18,8 @@ DEBIAN_INITRAMFS_INIT = "debian/initramfs-init"
 DEBIAN_START = "debian/vmwu-start"
 DEBIAN_SERVICE = "debian/vmwu.service"
 DEBIAN_TARGET = "debian/vmwu.target"
+# run once, as init, by a foreign-architecture Debian base build (vmwu/bases/foreign.py)
+DEBIAN_SECOND_STAGE = "debian/second-stage"
 
 
 def read(name: str) -> bytes:
