@@ -13,7 +13,8 @@ Figures:
   ``driver_overhead_per_job_{local,slurm}_s`` = (wall x slots - the sum of the jobs' own
   run times, as the node-side runner measured them) / jobs: the time a slot is not busy
   with a job: the driver's bookkeeping, submission, polling, process start-up and, on
-  Slurm, Slurm's own scheduling and launch latency (target <= 0.1 s);
+  Slurm, Slurm's own scheduling and launch latency (target <= 0.1 s); on Slurm also with
+  ``--jobs-per-task K`` (default 10): ``driver_overhead_per_job_slurm_K_per_task_s``;
 - ``driver_cpu_per_job_{local,slurm}_s``: the driver process's own CPU time per job
   (journal, polling, submission; the jobs run in other processes);
 - ``machinery_per_job_local_s``: the same sweep with a plain ``true`` task (no VM at
@@ -164,6 +165,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=100)
     parser.add_argument("--no-slurm", action="store_true")
+    parser.add_argument("--jobs-per-task", type=int, default=10, help="Slurm: K for the 2nd run")
     args = parser.parse_args()
     env = dict(os.environ)
     out: dict[str, Any] = {"runs": args.runs, "jobs": args.jobs, "cores": os.cpu_count()}
@@ -203,6 +205,17 @@ def main() -> None:
                 out["noop_slurm_wall_s"] = med(swalls)
                 out["driver_overhead_per_job_slurm_s"] = med(sover)
                 out["driver_cpu_per_job_slurm_s"] = med(scpu)
+                # the same with --jobs-per-task K: Slurm's turnover paid once per K jobs
+                k = str(args.jobs_per_task)
+                kwalls, kover = [], []
+                for _ in range(args.runs):
+                    wall = timed_sweep(
+                        vm_plan, res, senv, "--executor", "slurm", "--jobs-per-task", k
+                    )
+                    kwalls.append(wall)
+                    kover.append(overhead(wall, 2, res, args.jobs))
+                out[f"noop_slurm_wall_s_{k}_per_task"] = med(kwalls)
+                out[f"driver_overhead_per_job_slurm_{k}_per_task_s"] = med(kover)
             finally:
                 if not env.get("SLURM_CONF"):
                     subprocess.run(

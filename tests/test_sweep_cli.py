@@ -168,6 +168,34 @@ def test_missing_plan_and_bad_options(tmp_path: Path) -> None:
     assert "is not a sweep results directory" in line
 
 
+def test_jobs_per_task_is_for_slurm_and_positive(plan: Path, tmp_path: Path) -> None:
+    line = one_line_error(sweep(plan, "--jobs-per-task", "4", cwd=tmp_path), 241)
+    assert "--jobs-per-task is for --executor slurm" in line
+    line = one_line_error(sweep(plan, "--jobs-per-task", "0", cwd=tmp_path), 241)
+    assert "must be 1 or more" in line
+
+
+def test_exec_job_runs_the_jobs_of_one_list_line_in_order(plan: Path, tmp_path: Path) -> None:
+    """What a Slurm array task with --jobs-per-task runs, without Slurm."""
+    assert sweep(plan, "--results", "res", cwd=tmp_path).returncode == 0
+    res = tmp_path / "res"
+    for job in (res / "jobs").iterdir():  # forget the results, keep the jobs' specs
+        if job.name.startswith("j-"):
+            os.rename(job, tmp_path / job.name)
+    jobs = sorted(p.stem for p in (res / "spec").glob("j-*.json"))
+    listing = write(tmp_path / "b.list", f"{jobs[0]} 1 {jobs[1]} 1\n{jobs[2]} 1\n")
+    done = run_vmwu("sweep", "exec-job", res, "--list", listing, "--line", "0", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert {p.name for p in (res / "jobs").iterdir() if p.name.startswith("j-")} == {
+        jobs[0],
+        jobs[1],
+    }
+    bad = run_vmwu("sweep", "exec-job", res, "--list", listing, "--line", "7", cwd=tmp_path)
+    assert "has no line 7" in one_line_error(bad, 241)
+    both = run_vmwu("sweep", "exec-job", res, jobs[2], "--list", listing, cwd=tmp_path)
+    assert "needs --line N and no JOB" in one_line_error(both, 241)
+
+
 def test_results_of_another_plan_are_refused_unless_forced(plan: Path, tmp_path: Path) -> None:
     assert sweep(plan, "--results", "res", cwd=tmp_path).returncode == 0
     other = write(tmp_path / "other.plan", SIMPLE.replace("to 3 step 1", "to 4 step 1"))

@@ -97,6 +97,26 @@ def test_a_sweep_on_slurm_uses_one_job_array(svmwu: Vmwu) -> None:
     assert "vmwu-" in squeue(svmwu.extra_env)
 
 
+def test_jobs_per_task_runs_several_jobs_in_each_array_task(svmwu: Vmwu) -> None:
+    unit = sleeper_unit(svmwu)
+    plan = sleeper_plan(svmwu.tmp, unit, 5)
+    result = svmwu(
+        "sweep", plan, "--executor", "slurm", "--jobs-per-task", "2", "--results", "res",
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    res = svmwu.tmp / "res"
+    assert_whole_results(res, 5)
+    assert all(j["state"] == "done" and j["attempts"] == 1 for j in summary(res)["jobs"])
+    # 5 jobs, 2 per task: tasks 0, 1 and 2 of one array, each job its own result
+    rows = sqlite3.connect(res / "journal.sqlite").execute("SELECT handle FROM jobs").fetchall()
+    tasks = sorted(h for (h,) in rows)
+    assert len({h.split("_")[0] for h in tasks}) == 1
+    assert sorted(int(h.split("_")[1]) for h in tasks) == [0, 0, 1, 1, 2]
+    lines = (res / "slurm" / "b00001.list").read_text().splitlines()
+    assert [len(line.split()) for line in lines] == [4, 4, 2]
+
+
 def test_kill_9_of_the_driver_then_resume_reattaches(svmwu: Vmwu) -> None:
     unit = sleeper_unit(svmwu)
     plan = sleeper_plan(svmwu.tmp, unit, 3, seconds="4")

@@ -86,6 +86,13 @@ def _run_parser() -> argparse.ArgumentParser:
         metavar="ARG",
         help="slurm: extra sbatch argument, e.g. --sbatch-arg=--partition=long",
     )
+    p.add_argument(
+        "--jobs-per-task",
+        type=int,
+        default=1,
+        metavar="K",
+        help="slurm: run K jobs one after the other in each array task (short jobs)",
+    )
     p.add_argument("--keep-work", action="store_true", help="keep the jobs' node directories")
     p.add_argument("--dry-run", action="store_true", help="check the plan and list the jobs")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
@@ -172,6 +179,12 @@ def cmd_run(argv: list[str]) -> int:
         exec_opts["scheduler"] = ns.scheduler
     if ns.sbatch_arg:
         exec_opts["sbatch_args"] = list(ns.sbatch_arg)
+    if ns.jobs_per_task < 1:
+        raise BadInput(f"--jobs-per-task must be 1 or more, not {ns.jobs_per_task}")
+    if ns.jobs_per_task > 1:
+        if executor != "slurm":
+            raise BadInput("--jobs-per-task is for --executor slurm")
+        exec_opts["jobs_per_task"] = ns.jobs_per_task
     opts = SweepOptions(
         executor=executor,
         slots=ns.jobs,
@@ -308,11 +321,19 @@ def cmd_export(argv: list[str]) -> int:
 
 
 def cmd_exec_job(argv: list[str]) -> int:
-    from vmwu.sweep.runner import exec_job
+    from vmwu.sweep.runner import exec_job, exec_jobs, list_line
 
     p = _Parser(prog="vmwu sweep exec-job", allow_abbrev=False)
     p.add_argument("results")
-    p.add_argument("job")
+    p.add_argument("job", nargs="?")
     p.add_argument("--attempt", type=int, default=1)
+    p.add_argument("--list", help="a job list of the Slurm executor (JOB ATTEMPT pairs)")
+    p.add_argument("--line", type=int, help="with --list: run the jobs of this line (from 0)")
     ns = p.parse_args(argv)
+    if ns.list is not None:
+        if ns.line is None or ns.job is not None:
+            raise BadInput("exec-job --list LIST needs --line N and no JOB")
+        return exec_jobs(Path(ns.results), list_line(Path(ns.list), ns.line))
+    if ns.job is None:
+        raise BadInput("exec-job needs a JOB (or --list LIST --line N)")
     return exec_job(Path(ns.results), ns.job, ns.attempt)

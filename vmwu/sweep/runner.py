@@ -91,6 +91,30 @@ def exec_job(results: Path, job_id: str, attempt: int) -> int:
     return runner.run()
 
 
+def list_line(listing: Path, line: int) -> list[tuple[str, int]]:
+    """The (job, attempt) pairs of line ``line`` (from 0) of a Slurm job list."""
+    try:
+        words = listing.read_text().splitlines()[line].split()
+    except (OSError, IndexError) as err:
+        raise BadInput(f"{listing} has no line {line}: {err}") from None
+    if not words or len(words) % 2:
+        raise BadInput(f"{listing} line {line}: expected JOB ATTEMPT pairs")
+    return [(words[i], int(words[i + 1])) for i in range(0, len(words), 2)]
+
+
+def exec_jobs(results: Path, jobs: list[tuple[str, int]]) -> int:
+    """Several jobs one after the other (a Slurm array task of ``--jobs-per-task``): each
+    leaves its own result; a cancelled one stops the rest. The exit code is the first
+    non-zero one (Slurm shows it; the driver reads each job's own result)."""
+    first = 0
+    for job_id, attempt in jobs:
+        code = exec_job(results, job_id, attempt)
+        first = first or code
+        if code == 128 + signal.SIGTERM:
+            break  # cancelled (scancel): the others of this task do not start
+    return first
+
+
 class Runner:
     def __init__(
         self,

@@ -2,7 +2,11 @@
 ``squeue``/``scontrol``, cancelled with ``scancel``.
 
 - Each batch gets a script and a job list in ``RESULTS/slurm/``; array task *i* runs line
-  *i* of the list (``JOBID ATTEMPT``) through ``vmwu sweep exec-job``. The Slurm job name
+  *i* of the list (``JOBID ATTEMPT`` pairs) through ``vmwu sweep exec-job --list``. A line
+  holds one job, or ``--jobs-per-task K`` of them run one after the other in one Python
+  process: Slurm starts a task in about a second, which dominates jobs of a few seconds
+  (bench/sweep.py). All jobs of a task share its handle; one whose result is missing when
+  the task has ended (the task was killed half-way) is retried like a lost node. The Slurm job name
   is ``vmwu-EXPERIMENT-BATCH``, so a driver that died between ``sbatch`` and writing the
   Slurm job id finds the array again by name (:meth:`SlurmExecutor.find`).
 - Handles are ``ARRAYID_TASK``. State comes from ``squeue --me -t all`` (jobs of this
@@ -68,6 +72,7 @@ class SlurmExecutor(Executor):
         self.prefix = f"vmwu-{ctx.experiment}-"
         self._jobcomp: Path | None | bool = False  # False: not looked up yet
         self._down_since: float | None = None
+        self.jobs_per_task = max(1, int(ctx.options.get("jobs_per_task", 1)))
 
     def check(self) -> None:
         conf = os.environ.get("SLURM_CONF")
@@ -100,20 +105,24 @@ class SlurmExecutor(Executor):
         layout.slurm.mkdir(exist_ok=True)
         name = self.prefix + batch
         listing = layout.slurm / f"{batch}.list"
-        listing.write_text("".join(f"{s.job_id} {s.attempt}\n" for s in subs))
+        per = self.jobs_per_task
+        tasks = [subs[i : i + per] for i in range(0, len(subs), per)]
+        listing.write_text(
+            "".join(" ".join(f"{s.job_id} {s.attempt}" for s in task) + "\n" for task in tasks)
+        )
         script = layout.slurm / f"{batch}.sh"
         script.write_text(
             "#!/bin/sh\n"
             f"# vmwu sweep: batch {batch} of {self.ctx.results} ({len(subs)} jobs)\n"
-            f'set -- $(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(str(listing))})\n'
             f"exec {shlex.quote(sys.executable)} -m vmwu sweep exec-job "
-            f'{shlex.quote(str(self.ctx.results))} "$1" --attempt "$2"\n'
+            f"{shlex.quote(str(self.ctx.results))} --list {shlex.quote(str(listing))} "
+            '--line "$SLURM_ARRAY_TASK_ID"\n'
         )
         argv = [
             "sbatch",
             "--parsable",
             f"--job-name={name}",
-            f"--array=0-{len(subs) - 1}",
+            f"--array=0-{len(tasks) - 1}",
             f"--output={layout.slurm / '%A_%a.out'}",
             f"--chdir={self.ctx.results}",
             "--ntasks=1",
@@ -128,7 +137,7 @@ class SlurmExecutor(Executor):
         array_id = out.split(";")[0].strip()
         if not array_id.isdigit():
             raise SlurmUnavailable(f"sbatch said {out!r}, not a job id")
-        return {s.job_id: f"{array_id}_{i}" for i, s in enumerate(subs)}
+        return {s.job_id: f"{array_id}_{i}" for i, task in enumerate(tasks) for s in task}
 
     # -- state ------------------------------------------------------------------------------
 
@@ -209,7 +218,7 @@ class SlurmExecutor(Executor):
     def find(self, batch: str, subs: Sequence[Submission]) -> dict[str, str]:
         listing = self.ctx.layout.slurm / f"{batch}.list"
         try:  # the array's task i runs line i of the list, whatever order subs come in
-            order = [line.split()[0] for line in listing.read_text().splitlines() if line]
+            lines = [line.split()[::2] for line in listing.read_text().splitlines() if line]
         except OSError:
             return {}  # the list is written before sbatch: sbatch never ran
         name = self.prefix + batch
@@ -222,7 +231,9 @@ class SlurmExecutor(Executor):
             return {}
         array_id = max(arrays, key=int)
         wanted = {s.job_id for s in subs}
-        return {job: f"{array_id}_{i}" for i, job in enumerate(order) if job in wanted}
+        return {
+            job: f"{array_id}_{i}" for i, jobs in enumerate(lines) for job in jobs if job in wanted
+        }
 
 
 def _field(text: str, key: str) -> str:
