@@ -14,13 +14,14 @@ from pathlib import Path
 import pycdlib
 import pytest
 
+from tests.conftest import ROOT
 from tests.test_bad_input import Home, add_fake_base, one_error_line, write_app
 from vmwu import cloudinit
 from vmwu.bases import mmdebstrap
 from vmwu.errors import BadInput, HostFailure
 from vmwu.images import bootdisk, rootfs
 from vmwu.spec import load_spec
-from vmwu.unit import BaseRef, BootMethod
+from vmwu.unit import BaseRef, BootMethod, FileRole
 from vmwu.vmm import firmware
 from vmwu.vmm.qemu import Drive, MachineConfig, drive_args, pflash_args
 
@@ -392,30 +393,65 @@ def test_pack_format_vmdk_writes_stream_optimized_disks_reproducibly(home: Home)
     assert b"vmdk.html#streamOptimized" in descriptor
 
 
+VMWU_XSD = ROOT / "vmwu" / "schema" / "vmwu-ovf-1.xsd"
+
+
+def validate_ovf(descriptor: Path, dmtf_xsd: str) -> subprocess.CompletedProcess[str]:
+    """xmllint against DSP8023 and vmwu's own extension schema, imported by one driver."""
+    driver = descriptor.parent / "driver.xsd"
+    driver.write_text(
+        '<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema">\n'
+        '  <xs:import namespace="http://schemas.dmtf.org/ovf/envelope/1"'
+        f' schemaLocation="{Path(dmtf_xsd).absolute().as_uri()}"/>\n'
+        '  <xs:import namespace="http://vmwu.dev/ovf/1"'
+        f' schemaLocation="{VMWU_XSD.as_uri()}"/>\n'
+        "</xs:schema>\n"
+    )
+    return subprocess.run(
+        ["xmllint", "--noout", "--nonet", "--schema", str(driver), str(descriptor)],
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_vmwu_extension_schema_is_a_schema() -> None:
+    """The schema itself parses as XML Schema (whether or not DSP8023 is here)."""
+    result = subprocess.run(["xmllint", "--noout", str(VMWU_XSD)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    text = VMWU_XSD.read_text()
+    for role in FileRole:
+        assert f'<xs:enumeration value="{role.value}"/>' in text  # every role is declared
+
+
 @pytest.mark.skipif(
     not Path(os.environ.get("VMWU_OVF_XSD", "/nonexistent")).is_file(),
     reason="the DMTF OVF envelope schema (DSP8023) is not installable on this machine: "
-    "set VMWU_OVF_XSD to dsp8023_1.1.0.xsd (with the CIM schemas it imports beside it)",
+    "set VMWU_OVF_XSD to dsp8023_1.1.x.xsd (with the CIM schemas it imports beside it)",
 )
-def test_vmdk_unit_descriptor_validates_against_the_dmtf_schema(home: Home) -> None:
+@pytest.mark.parametrize("embed", [False, True])
+def test_vmdk_unit_descriptor_validates_against_the_dmtf_schema(home: Home, embed: bool) -> None:
     xsd = os.environ["VMWU_OVF_XSD"]
     add_fake_base(home)
     write_app(home.cwd)
-    (home.cwd / "u.toml").write_text('app-import-dir = "app"\napp-launch = "/app/run.sh"\n')
-    result = home("pack", "u.toml", "--format", "vmdk", "-o", "u.ova")
+    (home.cwd / "u.toml").write_text(
+        'app-import-dir = "app"\napp-launch = "/app/run.sh"\ndescription = "a test unit"\n'
+        "timeout = 60\n"
+    )
+    extra = ["--embed-base"] if embed else []
+    result = home("pack", "u.toml", "--format", "vmdk", "-o", "u.ova", *extra)
     assert result.returncode == 0, result.stderr
     with tarfile.open(home.cwd / "u.ova") as tar:
         ovf = tar.extractfile("u.ovf")
         assert ovf is not None
         descriptor = ovf.read()
-    where = home.cwd
-    (where / "unit.ovf").write_bytes(descriptor)
-    result = subprocess.run(
-        ["xmllint", "--noout", "--nonet", "--schema", xsd, str(where / "unit.ovf")],
-        capture_output=True,
-        text=True,
-    )
+    (home.cwd / "unit.ovf").write_bytes(descriptor)
+    result = validate_ovf(home.cwd / "unit.ovf", xsd)
     assert result.returncode == 0, result.stderr
+    # and the schemas do reject what is not an OVF work unit
+    bad = descriptor.replace(b"vmwu:AppLaunch>", b"vmwu:Launch>")
+    assert bad != descriptor
+    (home.cwd / "bad.ovf").write_bytes(bad)
+    assert validate_ovf(home.cwd / "bad.ovf", xsd).returncode != 0
 
 
 def test_unknown_disk_format_is_refused(home: Home) -> None:
