@@ -180,9 +180,11 @@ class Driver:
         started: dict[str, dict[str, Any]] = {}
         for job, obs in seen.items():
             row = rows[job]
-            # a result is whole once it exists (one rename): settle it even while its
-            # process is still ending, or while later jobs of its Slurm task run
-            if obs.phase in (Phase.ENDED, Phase.CANCELLED) or self.layout.result(job).is_dir():
+            if obs.phase in (Phase.ENDED, Phase.CANCELLED) or (
+                # several jobs in one engine task (slurm --jobs-per-task): a result is
+                # whole once it exists (one rename), so settle it while the rest runs
+                self.executor.jobs_share_tasks and self.layout.result(job).is_dir()
+            ):
                 self.settle(row, obs)
             elif row.state is State.SUBMITTED:
                 marker = self.marker(row)

@@ -73,6 +73,10 @@ def exec_job_argv(results: Path, sub: Submission) -> list[str]:
 class Executor(ABC):
     name: str = ""
     poll_interval = 0.5  # seconds between polls of the driver's loop
+    # Several jobs run one after the other under one handle: the driver then settles a
+    # job when its result appears, not when the handle ends. Otherwise a handle is
+    # followed until it ends (the local executor must see its child exit to reap it).
+    jobs_share_tasks = False
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx

@@ -73,6 +73,7 @@ class SlurmExecutor(Executor):
         self._jobcomp: Path | None | bool = False  # False: not looked up yet
         self._down_since: float | None = None
         self.jobs_per_task = max(1, int(ctx.options.get("jobs_per_task", 1)))
+        self.jobs_share_tasks = self.jobs_per_task > 1
 
     def check(self) -> None:
         conf = os.environ.get("SLURM_CONF")
