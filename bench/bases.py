@@ -15,10 +15,11 @@ In a fresh VMWU_HOME it builds or makes, and times:
 
 For each base: ``build_s`` (making the image and registering it), ``size_bytes`` (what the
 catalog holds: the base's files), then ``--runs`` runs of a no-op unit (``app-launch =
-"true"``) on it, cold boot (``--no-warm``; tiny bases also warm, the node's saved guest), medians
-of the status.json timings: ``boot_to_app_start_s`` (QEMU start → the agent's ``started``),
-``app_exit_to_poweroff_s`` (the ``exit`` event → QEMU gone), ``qemu_s`` and the wall clock
-of `vmwu run`. Timings on a shared machine are noisy: compare within one run of this script.
+"true"``) on it, cold boot (``--no-warm``; bases booted directly also warm, resuming the
+node's saved guest), medians of the status.json timings: ``boot_to_app_start_s`` (QEMU
+start → the agent's ``started``), ``app_exit_to_poweroff_s`` (the ``exit`` event → QEMU
+gone), ``qemu_s`` and the wall clock of `vmwu run`. Timings on a shared machine are noisy:
+compare within one run of this script.
 """
 
 from __future__ import annotations
@@ -111,8 +112,8 @@ def main() -> None:
             unit = work / f"noop-{name}.ova"
             sh(VMWU + ["pack", str(spec), "-o", str(unit), "-q"], env)
             modes = {"cold": ["--no-warm"]}
-            if name.startswith("tiny"):
-                modes["warm"] = []
+            if catalog[name]["boot_method"] == "direct-kernel":
+                modes["warm"] = []  # the node's saved booted guest (a root disk too)
             entry: dict[str, Any] = {
                 "build_s": build_s,
                 "size_bytes": catalog[name]["size"],

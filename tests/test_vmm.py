@@ -104,3 +104,31 @@ def test_foreign_guest_is_never_kvm(tmp_path: Path) -> None:
 def test_unknown_accel() -> None:
     with pytest.raises(BadInput):
         choose("hvf")
+
+
+def test_warm_start_takes_a_base_disk_but_not_a_disk_boot_or_a_cdrom() -> None:
+    from vmwu.vmm import warm
+
+    base = Drive("base", Path("/i/base.qcow2"), "qcow2", serial="VMWU-BASE")
+    app = Drive("app", Path("/i/app.qcow2"), "qcow2", serial="VMWU-APP")
+    direct = MachineConfig(kernel=Path("/k"), initrd=Path("/i"), drives=(base, app))
+    # a root disk bigger than the blank disks' capacity is fine: it keeps its own
+    assert warm.eligible(direct, {"base-disk": 2 * warm.CAPACITY, "app-disk": 1}) is None
+    assert "larger than" in str(warm.eligible(direct, {"app-disk": 2 * warm.CAPACITY}))
+    assert "own disk" in str(warm.eligible(MachineConfig(drives=(base, app)), {}))
+    cd = Drive("inst", Path("/i/i.iso"), "raw", kind=DriveKind.CDROM)
+    assert "CD-ROM" in str(warm.eligible(MachineConfig(kernel=Path("/k"), drives=(cd,)), {}))
+
+
+def test_warm_state_key_depends_on_what_the_root_disk_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vmwu.vmm import warm
+
+    monkeypatch.setattr(warm, "_qemu_identity", lambda exe: exe)
+    cfg = MachineConfig(kernel=Path("/k"), drives=(Drive("base", Path("/i/b.qcow2"), "qcow2"),))
+    keys = {
+        warm.state_key(cfg, "qemu", None),
+        warm.state_key(cfg, "qemu", Path("/cache/blobs/aaa")),
+        warm.state_key(cfg, "qemu", Path("/cache/derived/layer-bbb.qcow2")),
+    }
+    assert len(keys) == 3
+    assert warm.state_key(cfg, "qemu", Path("/cache/blobs/aaa")) in keys  # stable

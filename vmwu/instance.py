@@ -254,6 +254,7 @@ def warm_start(
     inst: Path,
     sizes_before: dict[Path, int],
     boot_timeout: float,
+    base_under: tuple[Path, str] | None = None,
 ) -> tuple[MachineConfig, str]:
     """``cfg`` set up to resume the node's saved booted guest (saving it first if this
     is the first such instance on the node), or unchanged with the reason why not. The
@@ -264,16 +265,25 @@ def warm_start(
     if reason is not None:
         return cfg, f"cold boot: {reason}"
     warm_cfg = warm.with_warm_cmdline(cfg)
-    key = warm.state_key(warm_cfg, cfg.executable or qemu_binary(cfg.arch))
+    key = warm.state_key(
+        warm_cfg, cfg.executable or qemu_binary(cfg.arch), base_under[0] if base_under else None
+    )
     failed_marker = cache.derived_path(f"{key}.failed")
     if failed_marker.exists():
         return cfg, "cold boot: this machine configuration failed to warm-start before"
+    frozen = None
+    if base_under is not None:
+        frozen = warm.FrozenBase(
+            base_under[0], base_under[1], cache.derived_path(f"{key}.base.qcow2")
+        )
+        if not frozen.path.exists():  # removed by hand: the state without it is useless
+            cache.derived_path(f"{key}.state").unlink(missing_ok=True)
     saved_now = not cache.derived_path(f"{key}.state").exists()
     try:
         state = cache.ensure_derived(
             f"{key}.state",
             lambda tmp: warm.save_state(
-                warm_cfg, tmp, inst / "warm-template", timeout=boot_timeout
+                warm_cfg, tmp, inst / "warm-template", timeout=boot_timeout, base=frozen
             ),
         )
     except warm.TemplateFailed as exc:
@@ -286,11 +296,21 @@ def warm_start(
             failed_marker.parent.mkdir(parents=True, exist_ok=True)
             failed_marker.write_text(f"{exc}\n")
         return cfg, f"cold boot: the warm-start template failed ({exc})"
+    drives = []
     for d in cfg.drives:
+        if d.id == warm.BASE and frozen is not None:
+            # the root disk as the saved guest left it (its own capacity), written to a
+            # separate overlay: a cold-boot fallback still has the one over the base
+            root = inst / "base-warm.qcow2"
+            qemu_img.create_overlay(frozen.path, root, backing_format="qcow2")
+            drives.append(dataclasses.replace(d, path=root))
+            continue
         sizes_before[d.path] = warm.virtual_size(d.path)
         warm.resize(d.path, warm.CAPACITY)
+        drives.append(d)
     how = "saved the booted guest for this node, then resumed it" if saved_now else "resumed"
-    return dataclasses.replace(warm_cfg, incoming=state), f"warm start: {how}"
+    resumed = dataclasses.replace(warm_cfg, incoming=state, drives=tuple(drives))
+    return resumed, f"warm start: {how}"
 
 
 @dataclass
@@ -305,13 +325,21 @@ class Prepared:
     cfg: MachineConfig  # cold boot
     accel: accel_mod.AccelChoice
     grown: dict[Path, int] = field(default_factory=dict)  # disks grown for a warm start
+    # what the root disk's overlay is over (base disk or layer) and its format, if any
+    base_under: tuple[Path, str] | None = None
 
     def warm_config(self) -> tuple[MachineConfig, str]:
         """The configuration to boot with (warm unless disabled or impossible) and how."""
         if not self.opts.warm:
             return self.cfg, "cold boot: --no-warm"
         return warm_start(
-            self.cfg, self.desc, self.cache, self.inst, self.grown, self.opts.boot_timeout
+            self.cfg,
+            self.desc,
+            self.cache,
+            self.inst,
+            self.grown,
+            self.opts.boot_timeout,
+            self.base_under,
         )
 
     def shrink_disks(self) -> None:
@@ -398,4 +426,6 @@ def prepare(opts: RunOptions, *, check_output: bool = True) -> Prepared:
     except BaseException:
         shutil.rmtree(inst, ignore_errors=True)
         raise
-    return Prepared(opts, desc, cache, inst, out_dir, cfg, choice)
+    under = disks.base_layer or disks.base_disk
+    base_under = (under.path, under.format) if under is not None else None
+    return Prepared(opts, desc, cache, inst, out_dir, cfg, choice, base_under=base_under)

@@ -86,7 +86,27 @@ def test_debian_base_runs_an_app_with_its_arguments_and_exit_code(bases: Vmwu) -
     assert (out / "stdout.log").read_text().startswith("hello from 12.")  # Debian 12
     assert "b c" in (out / "stdout.log").read_text()
     assert status["outcome"] == "app" and status["app_exit_code"] == 3
-    assert "cold boot" in status["start"]  # a base with a disk is not warm-started
+
+
+def test_debian_base_warm_starts_over_its_frozen_root_disk(bases: Vmwu) -> None:
+    """The first instance saves the booted Debian guest with its root disk; the next ones
+    resume it, each on its own overlay: what one instance writes to / the next does not
+    see."""
+    unit = bases.pack(
+        'cat /etc/debian_version; ls /var/tmp/mark 2>&1; echo "$1" > /var/tmp/mark; echo "$1"',
+        name="deb-warm",
+        extra={"base-image": "debian", "app-output-size": "4M"},
+    )
+    starts, outs = [], []
+    for word in ("first", "second", "third"):
+        result, out, status = bases.run(unit, out=f"out-{word}", params=(word,))
+        assert result.returncode == 0, result.stderr
+        starts.append(status["start"])
+        outs.append((out / "stdout.log").read_text().splitlines())
+    assert "warm start" in starts[1] and "warm start: resumed" in starts[2], starts
+    for word, lines in zip(("first", "second", "third"), outs, strict=True):
+        assert lines[0].startswith("12.") and lines[-1] == word, lines
+        assert "No such file or directory" in lines[1], lines  # no other instance's mark
 
 
 @pytest.fixture(scope="session")

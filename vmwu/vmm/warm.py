@@ -9,9 +9,16 @@ starts QEMU with the same devices, its own disks (same capacities), and
 ``-incoming fd:0`` fed from the saved state: the guest resumes inside its wait loop,
 sees its ISO, drops what it had cached of the blank disks, and runs the job.
 
+A base with a root disk (the Debian base: direct kernel boot, root on a ``base`` drive)
+warm-starts too. Its root disk is not blank: the template boots over a *frozen overlay*
+of the base disk, which is kept beside the saved state (it holds what the boot wrote, and
+the saved guest's page cache matches it). Every instance's root disk is then a fresh
+overlay over that frozen one, of the base's own capacity, so the resumed guest finds the
+disk exactly as it left it.
+
 The saved state is keyed by everything it depends on: the QEMU binary, the machine
-options, the kernel, initramfs and command line, and the device list. A state that fails
-to load is deleted and the instance boots cold.
+options, the kernel, initramfs and command line, the device list and what the base disk
+is. A state that fails to load is deleted and the instance boots cold.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from pathlib import Path
 from vmwu import tools
 from vmwu.errors import HostFailure
 from vmwu.events import EventReader
+from vmwu.images import qemu_img
 from vmwu.vmm.qemu import DriveKind, MachineConfig, QemuMachine
 from vmwu.vmm.snapshot import save_vm
 
@@ -35,6 +43,8 @@ log = logging.getLogger(__name__)
 # Every disk of a warm-started VM has this capacity (the guest probed it at save time); a
 # file system smaller than its device is fine for ext4 and ISO9660. Sparse: costs nothing.
 CAPACITY = 256 * 1024**3
+BASE = "base"  # the drive id of a base's root disk: it keeps its own capacity
+BASE_ROLE = "base-disk"
 WARM_KEY = "vmwu.warm=1"
 SAVE_TIMEOUT = 180.0
 
@@ -45,9 +55,7 @@ def eligible(cfg: MachineConfig, sizes: dict[str, int]) -> str | None:
         return "the base boots from its own disk"
     if any(d.kind != DriveKind.DISK for d in cfg.drives):
         return "the instance ISO is attached as a CD-ROM"
-    if any(d.id == "base" for d in cfg.drives):
-        return "the base has a disk"
-    big = [name for name, size in sizes.items() if size > CAPACITY]
+    big = [name for name, size in sizes.items() if size > CAPACITY and name != BASE_ROLE]
     if big:
         return f"disk {big[0]} is larger than {CAPACITY // 1024**3} GiB"
     return None
@@ -63,10 +71,11 @@ def with_warm_cmdline(cfg: MachineConfig) -> MachineConfig:
     return dataclasses.replace(cfg, cmdline=f"{cfg.cmdline} {WARM_KEY}".strip())
 
 
-def state_key(cfg: MachineConfig, executable: str) -> str:
+def state_key(cfg: MachineConfig, executable: str, base_under: Path | None = None) -> str:
     """A name for the saved state of ``cfg`` (already carrying the warm key). The kernel
-    and initramfs paths are content-addressed cache entries, so they stand for their
-    bytes."""
+    and initramfs paths, and ``base_under`` (what the root disk's overlay is over: the
+    base disk or the unit's guest-packages layer) are content-addressed cache entries, so
+    they stand for their bytes."""
     layout = [(d.id, d.kind.value, d.read_only, d.serial) for d in cfg.drives]
     ident = {
         "v": 1,
@@ -82,14 +91,14 @@ def state_key(cfg: MachineConfig, executable: str) -> str:
         "capacity": CAPACITY,
         "extra": list(cfg.extra_args),
     }
+    if base_under is not None:
+        ident["base"] = os.fspath(base_under)
     blob = json.dumps(ident, sort_keys=True).encode()
     return "warm-" + hashlib.sha256(blob).hexdigest()[:32]
 
 
 def virtual_size(path: Path) -> int:
     if path.suffix == ".qcow2":
-        from vmwu.images import qemu_img
-
         return int(qemu_img.info(path)["virtual-size"])
     return path.stat().st_size
 
@@ -113,14 +122,36 @@ class TemplateFailed(HostFailure):
         self.stopped = stopped
 
 
+@dataclasses.dataclass(frozen=True)
+class FrozenBase:
+    """The root disk of a warm-started base: ``under`` (of ``format``) is the base disk
+    or layer, ``path`` the frozen overlay over it that the saved state goes with."""
+
+    under: Path
+    format: str
+    path: Path
+
+
 def save_state(
-    cfg: MachineConfig, dest: Path, workdir: Path, *, timeout: float = SAVE_TIMEOUT
+    cfg: MachineConfig,
+    dest: Path,
+    workdir: Path,
+    *,
+    timeout: float = SAVE_TIMEOUT,
+    base: FrozenBase | None = None,
 ) -> None:
-    """Boot ``cfg`` with blank disks, wait (at most ``timeout`` s) for the agent's
-    ``ready``, save the VM to ``dest``."""
+    """Boot ``cfg`` with blank disks (and the base's root disk over ``base.under``), wait
+    (at most ``timeout`` s) for the agent's ``ready``, save the VM to ``dest`` and, with a
+    base disk, its root disk as ``base.path``."""
     workdir.mkdir(parents=True, exist_ok=True)
     drives = []
+    frozen_tmp: Path | None = None
     for d in cfg.drives:
+        if d.id == BASE and base is not None:
+            frozen_tmp = base.path.with_name(f".{base.path.name}.{os.getpid()}.tmp")
+            qemu_img.create_overlay(base.under, frozen_tmp, backing_format=base.format)
+            drives.append(dataclasses.replace(d, path=frozen_tmp, format="qcow2"))
+            continue
         blank = workdir / f"blank-{d.id}.raw"
         with open(blank, "wb") as fh:
             fh.truncate(CAPACITY)
@@ -133,10 +164,23 @@ def save_state(
         events_log=events,
         qmp_socket=workdir / "qmp.sock" if len(os.fsencode(workdir)) < 90 else cfg.qmp_socket,
     )
-    reader = EventReader(events)
+    try:
+        _boot_and_save(save_cfg, dest, workdir, timeout)
+    except BaseException:
+        if frozen_tmp is not None:
+            frozen_tmp.unlink(missing_ok=True)
+        raise
+    if base is not None and frozen_tmp is not None:
+        # the state is renamed into place after this returns: the disk it goes with first
+        os.chmod(frozen_tmp, 0o444)
+        os.replace(frozen_tmp, base.path)
+
+
+def _boot_and_save(cfg: MachineConfig, dest: Path, workdir: Path, timeout: float) -> None:
+    reader = EventReader(cfg.events_log or workdir / "events.jsonl")
     # The template waits for an instance ISO that never comes unless this process drives
     # it: if this process is killed (kill -9), the template must die too.
-    with QemuMachine(save_cfg, log_path=workdir / "qemu.log", die_with_parent=True) as vm:
+    with QemuMachine(cfg, log_path=workdir / "qemu.log", die_with_parent=True) as vm:
         vm.launch()
         deadline = time.monotonic() + timeout
         while not any(e.get("event") == "ready" for e in reader.read()):
