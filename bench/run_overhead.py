@@ -23,6 +23,7 @@ Figures (medians of --runs runs, all on this machine, in this run):
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import shutil
@@ -85,6 +86,9 @@ def main() -> None:
         "--home", help="a VMWU_HOME with the tiny base (default: build one in a temp dir)"
     )
     args = ap.parse_args()
+    # vmwu as installed: with its bytecode (an editable checkout under
+    # PYTHONDONTWRITEBYTECODE would otherwise compile edited modules at every run)
+    compileall.compile_dir(str(ROOT / "vmwu"), quiet=1)
 
     work = Path(tempfile.mkdtemp(prefix="vmwu-bench-"))
     env = dict(os.environ)
