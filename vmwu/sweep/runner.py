@@ -80,15 +80,7 @@ def load_experiment(results: Path) -> tuple[dict[str, Any], Plan]:
 
 
 def exec_job(results: Path, job_id: str, attempt: int) -> int:
-    results = results.absolute()
-    layout = Layout(results)
-    exp, plan = load_experiment(results)
-    try:
-        params: dict[str, Value] = read_json(layout.spec(job_id))["params"]
-    except FileNotFoundError:
-        raise BadInput(f"no job {job_id} in {results}") from None
-    runner = Runner(layout, exp, plan, job_id, attempt, params)
-    return runner.run()
+    return exec_jobs(results, [(job_id, attempt)])
 
 
 def list_line(listing: Path, line: int) -> list[tuple[str, int]]:
@@ -103,12 +95,20 @@ def list_line(listing: Path, line: int) -> list[tuple[str, int]]:
 
 
 def exec_jobs(results: Path, jobs: list[tuple[str, int]]) -> int:
-    """Several jobs one after the other (a Slurm array task of ``--jobs-per-task``): each
-    leaves its own result; a cancelled one stops the rest. The exit code is the first
-    non-zero one (Slurm shows it; the driver reads each job's own result)."""
+    """Jobs one after the other (one, or a Slurm array task of ``--jobs-per-task``),
+    with the experiment and plan read once: each leaves its own result; a cancelled one
+    stops the rest. The exit code is the first non-zero one (Slurm shows it; the driver
+    reads each job's own result)."""
+    results = results.absolute()
+    layout = Layout(results)
+    exp, plan = load_experiment(results)
     first = 0
     for job_id, attempt in jobs:
-        code = exec_job(results, job_id, attempt)
+        try:
+            params: dict[str, Value] = read_json(layout.spec(job_id))["params"]
+        except FileNotFoundError:
+            raise BadInput(f"no job {job_id} in {results}") from None
+        code = Runner(layout, exp, plan, job_id, attempt, params).run()
         first = first or code
         if code == 128 + signal.SIGTERM:
             break  # cancelled (scancel): the others of this task do not start
