@@ -91,6 +91,7 @@ def choose_mode() -> str:
                     "deb http://localhost/unused unstable main",
                 ],
                 timeout=60,
+                tree=True,
             )
         except (ToolFailed, OSError) as exc:
             log.info("mmdebstrap --mode=%s does not work here: %s", mode, exc)
@@ -152,7 +153,9 @@ def bootstrap(spec: Bootstrap, target: Path, *, timeout: float = 3600) -> None:
     mode = choose_mode()
     argv = bootstrap_argv(spec, mode, target)
     try:
-        tools.run(argv, timeout=timeout, disk_hint=str(target.parent))
+        # mmdebstrap is a tree (its namespaces, apt, dpkg, hooks): it runs under
+        # vmwu.guard, so all of it dies with vmwu
+        tools.run(argv, timeout=timeout, disk_hint=str(target.parent), tree=True)
     except ToolFailed as exc:
         raise explain_failure(exc.stderr, spec) from None
 

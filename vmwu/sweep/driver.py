@@ -28,6 +28,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from vmwu import tools
 from vmwu.errors import Interrupted, VmwuError
 from vmwu.locks import held_by_this_process, holder
 from vmwu.sweep.executors import Context, Executor, Observed, Phase, Submission, get_executor
@@ -393,15 +394,16 @@ def _root_step(
     command = step.args[0].render({})
     log.write(f"vmwu: {task}: execute {command}\n")
     log.flush()
-    code = subprocess.run(
+    with tools.spawn(  # the whole tree dies with the driver (vmwu.guard)
         ["sh", "-c", command],
         cwd=results,
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "PATH": tool_path(), "VMWU_RESULTS": str(results)},
-        check=False,
-    ).returncode
+        env={"PATH": tool_path(), "VMWU_RESULTS": str(results)},
+        tree=True,
+    ) as proc:
+        code = proc.wait()
     if code != 0:
         raise TaskFailed(
             f"{step.where}: task {task}: the command exited with {code}", hint=f"see {log_path}"

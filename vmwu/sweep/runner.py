@@ -39,6 +39,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+from vmwu import tools
 from vmwu.errors import BadInput, ExitCode, HostDiskFull, VmwuError
 from vmwu.sweep import procs
 from vmwu.sweep.expand import source_path
@@ -138,7 +139,7 @@ class Runner:
         tag = f"a{attempt}-{self.host}-{os.getpid()}-{secrets.token_hex(3)}"
         self.work = self.node_root / f"{job_id}.{tag}"
         self.tmp = layout.jobs / f".{job_id}.tmp-{tag}"
-        self.child: subprocess.Popen[bytes] | None = None
+        self.child: tools.Process | None = None
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -230,15 +231,19 @@ class Runner:
         command = template.render(self.params, quote=True)
         log.write(f"vmwu: execute {command}\n")
         log.flush()
-        self.child = subprocess.Popen(
+        # under vmwu's process guard: the step's whole tree (a `vmwu run` and its QEMU, what
+        # it left in the background) dies with this runner and ends with the step
+        self.child = tools.spawn(
             ["sh", "-c", command],
             cwd=self.work,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self.env(),
+            tree=True,
         )
         code = self.child.wait()
+        assert code is not None
         self.child = None
         if code in (-signal.SIGTERM, 128 + signal.SIGTERM):
             # scancel (and `vmwu sweep cancel`) may signal the whole process tree at once:
@@ -400,8 +405,6 @@ def copy_file(src: Path, dest: Path) -> None:
     if src.stat().st_size < 1024 * 1024:
         shutil.copy2(src, dest)
         return
-    from vmwu import tools
-
     tools.run(["cp", "--sparse=always", "--preserve=timestamps", src, dest], disk_hint=str(dest))
 
 
