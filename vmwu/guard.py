@@ -266,14 +266,16 @@ class Guard:
         """The command's exit code; if a signal killed it, die of the same signal."""
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
-            try:
-                resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-                signal.set_wakeup_fd(-1)
-                signal.signal(sig, signal.SIG_DFL)
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
-                os.kill(self.me, sig)
-            except (OSError, ValueError):
-                pass
+            for step in (
+                lambda: resource.setrlimit(resource.RLIMIT_CORE, (0, 0)),  # no core of ours
+                lambda: signal.signal(sig, signal.SIG_DFL),  # (not for SIGKILL: EINVAL)
+                lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig]),
+                lambda: os.kill(self.me, sig),
+            ):
+                try:
+                    step()
+                except (OSError, ValueError):
+                    pass
             return 128 + sig
         return os.waitstatus_to_exitcode(status)
 

@@ -413,14 +413,16 @@ def run(
     stdout: int | None = subprocess.PIPE,
     disk_hint: str | None = None,
     tree: bool = False,
+    grace: float = GRACE,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run an external program and wait for it (stderr captured).
 
-    ``env`` entries are added to the current environment; ``tree`` as for :func:`spawn`
-    (the program starts processes of its own). On a non-zero exit (with ``check``) raise
-    :class:`ToolFailed`; if the program reports ENOSPC raise :class:`HostDiskFull` naming
-    ``disk_hint`` (or the working directory). After ``timeout`` seconds the program is
-    stopped and :class:`subprocess.TimeoutExpired` raised.
+    ``env`` entries are added to the current environment; ``tree`` and ``grace`` as for
+    :func:`spawn` (the program starts processes of its own). On a non-zero exit (with
+    ``check``) raise :class:`ToolFailed`; if the program reports ENOSPC raise
+    :class:`HostDiskFull` naming ``disk_hint`` (or the working directory). After
+    ``timeout`` seconds the program is stopped and :class:`subprocess.TimeoutExpired`
+    raised.
     """
     proc = spawn(
         argv,
@@ -430,6 +432,7 @@ def run(
         env=env,
         cwd=cwd,
         tree=tree,
+        grace=grace,
     )
     try:
         out, err = proc.popen.communicate(input, timeout=timeout)
