@@ -22,7 +22,7 @@ MARK = "VMWU_TEST_MARK"
 T = TypeVar("T")
 
 
-def wait_for(what: Callable[[], T], timeout: float = 60.0, message: str = "") -> T:
+def wait_for(what: Callable[[], T | None], timeout: float = 60.0, message: str = "") -> T:
     """Poll ``what`` until it returns something true; fail the test at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
