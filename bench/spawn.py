@@ -2,8 +2,10 @@
 
     .venv/bin/python bench/spawn.py [--runs 50]
 
-Each figure is the median, in milliseconds, of ``--runs`` starts of ``/bin/true`` run to
-its end, from this (vmwu-sized) Python process:
+Each ``*_ms`` figure is the median wall-clock time, in milliseconds, of ``--runs`` starts of
+``/bin/true`` run to its end, from this (vmwu-sized) Python process; each ``*_cpu_ms`` the
+mean CPU time (this process and its children) per start, which a loaded machine inflates
+less:
 
 - ``subprocess_run_ms``: plain ``subprocess.run`` (vfork, no ``preexec_fn``): the floor;
 - ``tools_run_ms``: ``tools.run`` as every helper (qemu-img, mkfs.ext4, debugfs...) runs:
@@ -21,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -33,14 +37,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from vmwu import tools  # noqa: E402
 
 
-def median_ms(runs: int, fn: Callable[[], object]) -> float:
+def cpu_seconds() -> float:
+    mine = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return mine.ru_utime + mine.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def measure(runs: int, fn: Callable[[], object]) -> tuple[float, float]:
+    """(median wall ms, mean CPU ms of this process and its children) per call."""
     fn()  # warm up (imports, page cache)
     times = []
+    cpu = cpu_seconds()
     for _ in range(runs):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return round(statistics.median(times) * 1000, 2)
+    used = (cpu_seconds() - cpu) / runs
+    return round(statistics.median(times) * 1000, 2), round(used * 1000, 2)
 
 
 def main() -> None:
@@ -52,21 +65,24 @@ def main() -> None:
     import vmwu.launch  # noqa: F401
 
     true = tools.which("true")
-    figures = {
-        "subprocess_run_ms": median_ms(runs, lambda: subprocess.run([true], check=True)),
-        "tools_run_ms": median_ms(runs, lambda: tools.run([true])),
-        "tools_spawn_wait_ms": median_ms(runs, lambda: tools.spawn([true]).wait()),
-        "tools_spawn_tree_wait_ms": median_ms(
-            runs, lambda: tools.spawn([true], tree=True).wait()
-        ),
+    cases: dict[str, Callable[[], object]] = {
+        "subprocess_run": lambda: subprocess.run([true], check=True),
+        "tools_run": lambda: tools.run([true]),
+        "tools_spawn_wait": lambda: tools.spawn([true]).wait(),
+        "tools_spawn_tree_wait": lambda: tools.spawn([true], tree=True).wait(),
     }
-    figures["tree_overhead_ms"] = round(
-        figures["tools_spawn_tree_wait_ms"] - figures["tools_spawn_wait_ms"], 2
-    )
+    figures: dict[str, float] = {}
+    for name, fn in cases.items():
+        figures[f"{name}_ms"], figures[f"{name}_cpu_ms"] = measure(runs, fn)
+    for kind in ("ms", "cpu_ms"):
+        figures[f"tree_overhead_{kind}"] = round(
+            figures[f"tools_spawn_tree_wait_{kind}"] - figures[f"tools_spawn_wait_{kind}"], 2
+        )
     with open("/proc/self/status") as fh:
         rss = next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
     figures["rss_mib"] = round(rss / 1024, 1)
     figures["runs"] = runs
+    figures["load_average_1min"] = round(os.getloadavg()[0], 2)
     print(json.dumps(figures, indent=1))
 
 

@@ -34,10 +34,11 @@ ARGV...``. The guard writes one line on STATUS_FD and closes it: ``ok PID`` once
 command runs, ``exec ERRNO`` if it could not be executed (the guard then exits 127), or
 ``gone`` if vmwu died before the command was started.
 
-This module uses the standard library only and never imports vmwu: it runs as a script
-(``python -I -S .../vmwu/guard.py``, about 20 ms) or, in a frozen vmwu, as
-``vmwu --vmwu-process-guard ...`` (``vmwu/__main__.py`` and ``vmwu.cli.main`` hand that over
-to :func:`main` before anything else is imported).
+This module uses the standard library only and imports nothing of vmwu: it runs in
+``python -I -S`` (no site: a bare interpreter start-up plus this module's imports, about
+15-25 ms of CPU), or, in a frozen vmwu, as ``vmwu --vmwu-process-guard ...``
+(``vmwu/__main__.py`` and ``vmwu.cli.main`` hand that over to :func:`main` before anything
+else is imported). It also runs as a script (``python -I -S .../vmwu/guard.py ...``).
 """
 
 from __future__ import annotations
@@ -46,9 +47,13 @@ import errno
 import os
 import resource
 import select
-import signal
 import sys
 import time
+
+try:  # the C module: `signal` itself imports enum, which is a third of the start-up
+    import _signal as signal  # type: ignore[import-not-found,unused-ignore]
+except ImportError:  # not CPython
+    import signal  # type: ignore[no-redef,unused-ignore]
 
 FLAG = "--vmwu-process-guard"
 
@@ -65,8 +70,41 @@ def _nothing(signum: int, frame: object) -> None:
     pass
 
 
+def _children(pid: int) -> list[int] | None:
+    """The children of ``pid`` from /proc/PID/task/TID/children (None: no such files)."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    kids: list[int] = []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
+                kids += [int(word) for word in fh.read().split()]
+        except FileNotFoundError:
+            if not os.path.exists(f"/proc/{pid}/task/{tid}"):
+                continue  # that thread just ended
+            return None  # a kernel without CONFIG_PROC_CHILDREN
+        except OSError:
+            continue
+    return kids
+
+
 def descendants(root: int) -> list[int]:
-    """Every process below ``root`` (from /proc: pid -> parent pid)."""
+    """Every process below ``root``: walked down the children lists, or found in a scan
+    of all of /proc (pid -> parent pid) where the kernel has no children lists."""
+    out: list[int] = []
+    todo = [root]
+    while todo:
+        kids = _children(todo.pop())
+        if kids is None:
+            return _scan(root)
+        out += kids
+        todo += kids
+    return out
+
+
+def _scan(root: int) -> list[int]:
     children: dict[int, list[int]] = {}
     try:
         entries = os.listdir("/proc")
@@ -185,16 +223,19 @@ class Guard:
             return int(b"".join(chunks) or b"0") or errno.ENOEXEC
         return None
 
-    def reap(self) -> None:
+    def reap(self) -> bool:
+        """Reap what has exited; whether anything is left below the guard. (As a
+        subreaper, the guard has no child left exactly when nothing is left below it:
+        every orphan comes to it.)"""
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                return False
             except InterruptedError:
                 continue
             if pid == 0:
-                return
+                return True
             if pid == self.command:
                 self.command_status = status
 
@@ -215,33 +256,27 @@ class Guard:
     def end_tree(self) -> None:
         """SIGTERM (and SIGCONT) to everything below, ``grace`` seconds, then SIGKILL until
         nothing is left."""
-        self.reap()
-        left = descendants(self.me)
-        if left:
-            for sig in (signal.SIGTERM, signal.SIGCONT):
-                for pid in left:
-                    try:
-                        os.kill(pid, sig)
-                    except OSError:
-                        pass
-            deadline = time.monotonic() + self.grace
-            while left and time.monotonic() < deadline:
-                self.sleep(min(0.05, max(deadline - time.monotonic(), 0)))
-                self.reap()
-                left = descendants(self.me)
-        pause = 0.01
-        while True:
-            self.reap()
-            left = descendants(self.me)
-            if not left:
+        if not self.reap():
+            return
+        self.signal_all(signal.SIGTERM)
+        self.signal_all(signal.SIGCONT)  # a stopped process acts on SIGTERM once continued
+        deadline = time.monotonic() + self.grace
+        while (left := deadline - time.monotonic()) > 0:
+            self.sleep(min(left, 0.5))
+            if not self.reap():
                 return
-            for pid in left:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
+        pause = 0.01
+        while self.reap():
+            self.signal_all(signal.SIGKILL)
             self.sleep(pause)
             pause = min(pause * 2, 0.5)
+
+    def signal_all(self, sig: int) -> None:
+        for pid in descendants(self.me):
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
 
     def run(self, argv: list[str]) -> int:
         if self.vmwu_gone():

@@ -142,14 +142,19 @@ def _die_with_parent() -> Callable[[], None]:
 
 
 def guard_command() -> list[str]:
-    """How to start :mod:`vmwu.guard`: the script with the interpreter in isolated mode
-    without site (the standard library is all it needs), or in a frozen vmwu (PyInstaller:
-    ``sys.executable`` is vmwu itself) the binary with the guard's flag."""
+    """How to start :mod:`vmwu.guard`: this interpreter in isolated mode without site (the
+    standard library is all the guard needs), importing the guard's compiled module from
+    where this vmwu is; or in a frozen vmwu (PyInstaller: ``sys.executable`` is vmwu
+    itself) the binary with the guard's flag."""
     if getattr(sys, "frozen", False):
         return [sys.executable, guard.FLAG]
-    script = Path(guard.__file__)
-    if script.suffix == ".py" and script.is_file():
-        return [sys.executable, "-I", "-S", os.fspath(script)]
+    package = Path(guard.__file__).parent
+    if (package / "__init__.py").is_file():
+        code = (
+            f"import sys; sys.path.append({os.fspath(package.parent)!r}); "
+            "from vmwu.guard import main; sys.exit(main(sys.argv[1:]))"
+        )
+        return [sys.executable, "-I", "-S", "-c", code]
     return [sys.executable, "-m", "vmwu", guard.FLAG]
 
 
@@ -313,6 +318,7 @@ def spawn(
     session: bool = False,
     die_with_parent: bool = True,
     grace: float = GRACE,
+    _what: str = "spawn",
 ) -> Process:
     """Start a long-running program; it dies with this process (see the module's text).
 
@@ -332,9 +338,9 @@ def spawn(
     if tree:
         if not die_with_parent:
             raise ValueError("a guarded tree always dies with its parent")
-        log.debug("spawn (guarded tree): %s", shlex.join(args))
+        log.debug("%s (guarded tree): %s", _what, shlex.join(args))
         return _spawn_guarded(args, stdin, stdout, stderr, full_env, where, session, grace)
-    log.debug("spawn: %s", shlex.join(args))
+    log.debug("%s: %s", _what, shlex.join(args))
     try:
         popen = subprocess.Popen(
             args,
@@ -433,6 +439,7 @@ def run(
         cwd=cwd,
         tree=tree,
         grace=grace,
+        _what="run",
     )
     try:
         out, err = proc.popen.communicate(input, timeout=timeout)
