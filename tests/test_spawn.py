@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -246,3 +247,23 @@ def test_the_guard_refuses_bad_arguments() -> None:
         [sys.executable, "-I", "-S", guard.__file__, "3", "--"], capture_output=True, text=True
     )
     assert result.returncode == 2 and "bad arguments" in result.stderr
+
+
+def test_nothing_goes_around_the_door() -> None:
+    """Only vmwu/tools.py (and the guard) start processes; the local sweep executor forks
+    its job runners, which are meant to outlive the driver (docs/security-processes.md)."""
+    package = Path(guard.__file__).parent
+    allowed = {package / "tools.py", package / "guard.py"}
+    starts = re.compile(
+        r"\bsubprocess\.(run|Popen|call|check_call|check_output|getoutput|getstatusoutput)\b"
+        r"|\bos\.(fork|forkpty|exec\w*|spawn\w*|posix_spawn\w*|system|popen)\b"
+        r"|create_subprocess_\w+|\bpty\.spawn|\bmultiprocessing\b"
+    )
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if path in allowed:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if starts.search(line.split("#")[0]):
+                found.append(f"{path.relative_to(package)}:{number}: {line.strip()}")
+    assert found == ["sweep/executors/local.py:129: pid = os.fork()"]
