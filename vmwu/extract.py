@@ -15,9 +15,17 @@ from vmwu.unit import FileRole
 
 
 def _is_ova(path: Path) -> bool:
+    """A unit (a tar file), as opposed to a disk image: a disk's first block is often all
+    zeros, which tarfile takes for an empty archive, so disk magics are looked at first."""
     import tarfile
 
-    return path.suffix in (".ova", ".gz", ".tar") or tarfile.is_tarfile(path)
+    if path.suffix in (".ova", ".gz", ".tar"):
+        return True
+    with open(path, "rb") as fh:
+        head = fh.read(1082)
+    if head[:4] in (b"QFI\xfb", b"KDMV") or head[1080:1082] == b"\x53\xef":
+        return False  # qcow2, vmdk, ext2/3/4
+    return tarfile.is_tarfile(path)
 
 
 def extract(image: Path, dest: Path, *, component: str = "output-disk") -> Report:

@@ -253,6 +253,23 @@ class SafeDir:
         self._check(name)
         return os.open(name, _NEW_FILE_FLAGS, mode & PERMISSION_BITS, dir_fd=self.fd)
 
+    def open_append(self, name: str | bytes, mode: int = 0o644) -> int:
+        """A descriptor appending to the regular file ``name`` (created if absent); never a
+        link, device or FIFO."""
+        self._check(name)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(name, flags | os.O_NONBLOCK, mode & PERMISSION_BITS, dir_fd=self.fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafeContent(f"{self.path / os.fsdecode(name)} is a link") from None
+            raise os_failure(exc, str(self.path / os.fsdecode(name))) from exc
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UnsafeContent(f"{self.path / os.fsdecode(name)} is not a regular file")
+        os.set_blocking(fd, True)
+        return fd
+
     def _temp(self, mode: int) -> tuple[str, int]:
         for _ in range(100):
             tmp = f".vmwu-tmp-{secrets.token_hex(6)}"
@@ -351,13 +368,14 @@ class SafeDir:
         report: Report,
         *,
         replace: bool = False,
+        links: bool = True,
         where: tuple[str, ...] = (),
     ) -> None:
         """Copy the entry ``name`` of ``src`` here as ``new_name``: files with their holes,
-        directories entry by entry, links as links (never followed), special files skipped
-        and listed in ``report``. With ``replace``, an existing entry that is not a directory
-        is replaced; directories are merged. Without it, existing entries are kept and the
-        conflict is listed."""
+        directories entry by entry, links as links (never followed; skipped and listed
+        without ``links``), special files skipped and listed in ``report``. With
+        ``replace``, an existing entry that is not a directory is replaced; directories are
+        merged. Without it, existing entries are kept and the conflict is listed."""
         st = src.lstat(name)
         shown = display(where, new_name)
         if st is None:
@@ -373,13 +391,24 @@ class SafeDir:
             with src.subdir(name) as s, self.subdir(new_name, create=True) as d:
                 report.dirs += 1
                 for child in s.entries():
-                    d.copy_from(s, child, child, report, replace=replace, where=(*where, new_name))
+                    d.copy_from(
+                        s,
+                        child,
+                        child,
+                        report,
+                        replace=replace,
+                        links=links,
+                        where=(*where, new_name),
+                    )
             return
         if existing is not None:
             if not replace or stat.S_ISDIR(existing.st_mode):
                 report.skip(shown, "an entry of that name is already there")
                 return
         if stat.S_ISLNK(st.st_mode):
+            if not links:
+                report.skip(shown, "a link is not copied here")
+                return
             target = os.readlink(name, dir_fd=src.fd)
             self._replace_with(new_name, lambda tmp: self.symlink(tmp, os.fsencode(target)))
             report.links += 1

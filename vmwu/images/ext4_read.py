@@ -500,8 +500,8 @@ def scan(image: Path) -> Tree:
         outputs = _listing(image, [f"ls -l <{ino}>" for _, ino in level])
         for (parts, _), out in zip(level, outputs, strict=True):
             for ino, mode, size, name in _parse_ls(out):
-                if name in (b".", b".."):
-                    continue
+                if name in (b".", b"..") and stat.S_ISDIR(mode):
+                    continue  # the directory's own entries
                 entry = Entry((*parts, name), ino, mode, size)
                 problem = name_problem(name)
                 if problem is None and stat.S_ISDIR(mode):
