@@ -42,7 +42,10 @@ CC_CONFIG = """<cc_config>
 </cc_config>
 """
 # suspend_cpu_usage 0: the default (25 %) pauses tasks whenever the machine is busy.
+# leave_apps_in_memory: without it, suspending a task that has checkpointed makes the
+# client quit the app (and start it again on resume) instead of sending <suspend/>.
 PREFS = """<global_preferences>
+  <leave_apps_in_memory>{leave_in_memory}</leave_apps_in_memory>
   <run_if_user_active>1</run_if_user_active>
   <suspend_cpu_usage>0</suspend_cpu_usage>
   <cpu_usage_limit>100</cpu_usage_limit>
@@ -103,8 +106,11 @@ def project_dir_name(url: str) -> str:
 
 
 class BoincClient:
-    def __init__(self, data: Path, server: ProjectServer, app: App) -> None:
+    def __init__(
+        self, data: Path, server: ProjectServer, app: App, *, leave_in_memory: bool = True
+    ) -> None:
         self.data = data
+        self.leave_in_memory = leave_in_memory
         self.server = server
         self.app = app
         self.port = free_port()
@@ -116,7 +122,9 @@ class BoincClient:
     def _prepare(self) -> None:
         self.project.mkdir(parents=True, exist_ok=True)
         (self.data / "cc_config.xml").write_text(CC_CONFIG)
-        (self.data / "global_prefs_override.xml").write_text(PREFS)
+        (self.data / "global_prefs_override.xml").write_text(
+            PREFS.format(leave_in_memory=int(self.leave_in_memory))
+        )
         (self.data / "gui_rpc_auth.cfg").write_text(PASSWORD + "\n")
         account = self.data / f"account_{project_dir_name(self.server.url)}.xml"
         account.write_text(

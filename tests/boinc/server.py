@@ -267,7 +267,6 @@ class ProjectServer:
                 f"<project_name>{self.name}</project_name>",
                 "<hostid>1</hostid>",
                 "<user_name>test</user_name>",
-                "<next_rpc_delay>5</next_rpc_delay>",
             ]
             for name in self._unacked:
                 out.append(f"<result_ack><name>{name}</name></result_ack>")
@@ -302,7 +301,7 @@ class ProjectServer:
             "<workunit>\n"
             f"  <name>{job.name}</name>\n"
             f"  <app_name>{job.app}</app_name>\n"
-            f"  <command_line>{html.escape(job.command_line)}</command_line>\n"
+            f"  <command_line>{html.escape(job.command_line, quote=False)}</command_line>\n"
             f"  <rsc_fpops_est>{job.rsc_fpops_est:e}</rsc_fpops_est>\n"
             f"  <rsc_fpops_bound>{job.rsc_fpops_bound:e}</rsc_fpops_bound>\n"
             f"  <rsc_memory_bound>{job.rsc_memory_bound:e}</rsc_memory_bound>\n"
