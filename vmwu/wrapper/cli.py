@@ -116,6 +116,10 @@ def main(argv: Sequence[str]) -> int:
     argv = list(argv)
     if argv[:1] == ["ctl"]:
         return ctl_main(argv[1:])
+    from vmwu.wrapper.boinc.main import boinc_main, under_client
+
+    if under_client():  # started by a BOINC client in its slot (docs/boinc.md)
+        return boinc_main(argv)
     extra: list[str] = []
     if "--" in argv:
         cut = argv.index("--")

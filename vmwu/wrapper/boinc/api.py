@@ -287,14 +287,20 @@ class BoincSession:
         """``boinc_temporary_exit``: the client restarts the task after ``delay`` seconds
         (at most a day) instead of failing it, and shows ``reason``. Returns 0, the status
         to exit with."""
-        seconds = int(min(max(delay, 0), MAX_TEMPORARY_DELAY))
-        # The client only takes the file as a temporary exit if it has a reason line.
-        text = f"{seconds}\n{_one_line(reason) or 'temporary exit'}\n"
-        if notice:
-            text += "notice\n"
-        self.log(f"temporary exit for {seconds} s: {_one_line(reason)}")
-        _write_file(self.slot / TEMPORARY_EXIT_FILE, text)
-        return 0
+        self.log(f"temporary exit for {int(min(max(delay, 0), MAX_TEMPORARY_DELAY))} s: {reason}")
+        return write_temporary_exit(self.slot, delay, reason, notice=notice)
+
+
+def write_temporary_exit(slot: Path, delay: float, reason: str, *, notice: bool = False) -> int:
+    """Write ``boinc_temporary_exit`` into ``slot`` (also without a session, e.g. when
+    another app holds the slot); returns 0, the status to exit with."""
+    seconds = int(min(max(delay, 0), MAX_TEMPORARY_DELAY))
+    # The client only takes the file as a temporary exit if it has a reason line.
+    text = f"{seconds}\n{_one_line(reason) or 'temporary exit'}\n"
+    if notice:
+        text += "notice\n"
+    _write_file(slot / TEMPORARY_EXIT_FILE, text)
+    return 0
 
 
 def _one_line(text: str) -> str:

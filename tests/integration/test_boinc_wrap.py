@@ -1,0 +1,62 @@
+"""``vmwu wrap`` as the BOINC client's app (vmwu/wrapper/boinc/main.py), under the real
+client and our project server: a job of host tasks, so no QEMU here."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.boinc.client import App, BoincClient
+from tests.boinc.jobs import host_job_files, lines
+from tests.boinc.server import Job, ProjectServer
+
+
+@pytest.fixture
+def server() -> Iterator[ProjectServer]:
+    with ProjectServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def boinc_client(tmp_path: Path, server: ProjectServer) -> Iterator[Callable[[App], BoincClient]]:
+    clients: list[BoincClient] = []
+
+    def make(app: App) -> BoincClient:
+        clients.append(BoincClient(tmp_path / f"data{len(clients)}", server, app))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        client.kill()
+
+
+def venv_wrapper(tmp_path: Path) -> Path:
+    """The main program: `vmwu wrap` from this virtualenv."""
+    script = tmp_path / "vmwu-wrap.sh"
+    script.write_text(f'#!/bin/sh\nexec {sys.executable} -m vmwu wrap "$@"\n')
+    script.chmod(0o755)
+    return script
+
+
+def test_vmwu_wrap_host_job_under_the_client(
+    tmp_path: Path, server: ProjectServer, boinc_client: Callable[[App], BoincClient]
+) -> None:
+    files = {"vmwu-wrap.sh": venv_wrapper(tmp_path), **host_job_files(tmp_path / "app")}
+    job = server.add_job(Job("wrap1", "vmwu", inputs={"in.txt": lines(30)}, outputs=("out.txt",)))
+    client = boinc_client(App("vmwu", files))
+    client.start()
+    task = client.wait_for(
+        lambda: (t := client.get_task(job.result)) and float(t.get("fraction done", 0)) > 0 and t,
+        "a fraction done from vmwu wrap",
+    )
+    assert float(task["fraction done"]) < 1
+    client.wait_log(r"\[checkpoint\] result wrap1_0 checkpointed")
+    report = server.wait_report(job.result, timeout=300)
+    assert report.exit_status == 0, report.stderr_out
+    assert server.output(job, "out.txt") == lines(30).upper()
+    assert "vmwu wrap under BOINC client 7.20.5: result wrap1_0" in report.stderr_out
+    assert "called boinc_finish(0)" in report.stderr_out
+    assert client.wait_exit(120) == 0
