@@ -257,10 +257,15 @@ class BoincSession:
     # -- the end ------------------------------------------------------------------------------
 
     def _flush_status(self, cpu_time: float, fraction_done: float | None, wait: float) -> None:
-        """The last app status, waiting up to ``wait`` seconds for the client to take the
-        one before (the API sleeps 2 s for its timer thread to send it)."""
+        """The last app status. The client takes one a second; if the one before is
+        still unread after ``wait`` seconds, it is replaced (this one supersedes it)."""
         end = self._clock() + wait
-        while not self.report(cpu_time, fraction_done, force=True) and self._clock() < end:
+        while not self.report(cpu_time, fraction_done, force=True):
+            if self._clock() >= end:
+                text = status_message(cpu_time, self.checkpoint_cpu_time, fraction_done, self.init)
+                self.shm.send(Channel.APP_STATUS, text, overwrite=True)
+                self.last_status = text
+                return
             time.sleep(0.1)
 
     def finish(
