@@ -18,7 +18,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ CC_CONFIG = """<cc_config>
 # client quit the app (and start it again on resume) instead of sending <suspend/>.
 PREFS = """<global_preferences>
   <leave_apps_in_memory>{leave_in_memory}</leave_apps_in_memory>
+  <disk_interval>{disk_interval}</disk_interval>
   <run_if_user_active>1</run_if_user_active>
   <suspend_cpu_usage>0</suspend_cpu_usage>
   <cpu_usage_limit>100</cpu_usage_limit>
@@ -72,9 +73,18 @@ class App:
     files: dict[str, Path]
     version_num: int = VERSION_NUM
     api_version: str = "7.20.5"
-    extra_refs: list[str] = field(default_factory=list)
+    app_info_text: str | None = None  # a package's own app_info.xml
+
+    @classmethod
+    def from_package(cls, name: str, package: Path) -> App:
+        """The files and app_info.xml that `vmwu wrap package` wrote into ``package``."""
+        skip = {"app_info.xml", "package.json"}
+        files = {p.name: p for p in sorted(package.iterdir()) if p.name not in skip}
+        return cls(name, files, app_info_text=(package / "app_info.xml").read_text())
 
     def app_info(self) -> str:
+        if self.app_info_text is not None:
+            return self.app_info_text
         infos = "".join(
             f"<file_info><name>{n}</name><executable/></file_info>\n" for n in self.files
         )
@@ -107,9 +117,16 @@ def project_dir_name(url: str) -> str:
 
 class BoincClient:
     def __init__(
-        self, data: Path, server: ProjectServer, app: App, *, leave_in_memory: bool = True
+        self,
+        data: Path,
+        server: ProjectServer,
+        app: App,
+        *,
+        leave_in_memory: bool = True,
+        checkpoint_period: float = 60,
     ) -> None:
         self.data = data
+        self.checkpoint_period = checkpoint_period
         self.leave_in_memory = leave_in_memory
         self.server = server
         self.app = app
@@ -123,7 +140,9 @@ class BoincClient:
         self.project.mkdir(parents=True, exist_ok=True)
         (self.data / "cc_config.xml").write_text(CC_CONFIG)
         (self.data / "global_prefs_override.xml").write_text(
-            PREFS.format(leave_in_memory=int(self.leave_in_memory))
+            PREFS.format(
+                leave_in_memory=int(self.leave_in_memory), disk_interval=self.checkpoint_period
+            )
         )
         (self.data / "gui_rpc_auth.cfg").write_text(PASSWORD + "\n")
         account = self.data / f"account_{project_dir_name(self.server.url)}.xml"
@@ -133,10 +152,8 @@ class BoincClient:
         )
         for name, src in self.app.files.items():
             dest = self.project / name
-            if src.is_dir():
-                shutil.copytree(src, dest, symlinks=True)
-            else:
-                shutil.copy2(src, dest)
+            shutil.copy2(src, dest)
+            if os.access(src, os.X_OK) or name == next(iter(self.app.files)):
                 dest.chmod(0o755)
         (self.project / "app_info.xml").write_text(self.app.app_info())
 
