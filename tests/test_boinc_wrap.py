@@ -18,7 +18,7 @@ from vmwu.errors import BadInput, ToolNotFound
 from vmwu.wrapper.boinc import main as boinc_main_module
 from vmwu.wrapper.boinc.api import BoincSession
 from vmwu.wrapper.boinc.control import BoincControl
-from vmwu.wrapper.boinc.package import Shipped, app_info_xml, job_files
+from vmwu.wrapper.boinc.package import Shipped, app_info_xml, job_files, version_xml
 from vmwu.wrapper.boinc.shmem import Channel
 from vmwu.wrapper.control import Action
 from vmwu.wrapper.jobxml import load_job
@@ -170,6 +170,10 @@ def test_job_files_and_app_info(tmp_path: Path) -> None:
     assert "<file_ref><file_name>wrap</file_name><main_program/></file_ref>" in info
     assert "<file_ref><file_name>count.ova</file_name><open_name>count.ova</open_name>" in info
     assert "<api_version>7.20.0</api_version>" in info and "<version_num>101<" in info
+    version = version_xml([Shipped("wrap", tmp_path, True, True), *shipped])
+    assert "<physical_name>wrap</physical_name>\n    <main_program/>" in version
+    assert "<physical_name>work.sh</physical_name>\n    <logical_name>work.sh<" in version
+    assert "<api_version>7.20.0</api_version>" in version
 
 
 @pytest.mark.parametrize(
@@ -184,3 +188,16 @@ def test_job_files_refuses(tmp_path: Path, task: str, message: str) -> None:
     (tmp_path / "job.xml").write_text(f"<job_desc><task>{task}</task></job_desc>")
     with pytest.raises(BadInput, match=message):
         job_files(load_job(tmp_path / "job.xml"), tmp_path)
+
+
+def test_frozen_wrapper_gives_children_the_hosts_library_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/tmp/_MEI123:/opt/x")
+    monkeypatch.setenv("LD_LIBRARY_PATH_ORIG", "/opt/x")
+    boinc_main_module.restore_library_path()
+    assert os.environ["LD_LIBRARY_PATH"] == "/opt/x"
+    assert "LD_LIBRARY_PATH_ORIG" not in os.environ
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/tmp/_MEI123")
+    boinc_main_module.restore_library_path()
+    assert "LD_LIBRARY_PATH" not in os.environ

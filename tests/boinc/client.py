@@ -78,7 +78,7 @@ class App:
     @classmethod
     def from_package(cls, name: str, package: Path) -> App:
         """The files and app_info.xml that `vmwu wrap package` wrote into ``package``."""
-        skip = {"app_info.xml", "package.json"}
+        skip = {"app_info.xml", "version.xml", "package.json"}
         files = {p.name: p for p in sorted(package.iterdir()) if p.name not in skip}
         return cls(name, files, app_info_text=(package / "app_info.xml").read_text())
 

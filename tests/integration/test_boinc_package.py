@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,22 @@ def test_packaged_wrapper_runs_a_vm_task_under_the_client(
     names = [f["name"] for f in manifest["files"]]
     assert names[:3] == ["vmwu-wrap_100_x86_64-pc-linux-gnu", "job.xml", "counter.ova"]
     assert any(n.startswith("vmwu-base-") for n in names), "the tiny base's files"
+
+    # Outside a client the executable is `vmwu wrap`; what it starts sees the host's
+    # LD_LIBRARY_PATH, not the directory PyInstaller unpacked its libraries into.
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "job.xml").write_text(
+        "<job_desc><task><application>sh</application>"
+        "<command_line>-c 'env > env.txt'</command_line></task></job_desc>"
+    )
+    exe = package / names[0]
+    env = {**os.environ, "LD_LIBRARY_PATH": "/opt/host-libs"}
+    done = subprocess.run([exe, "job.xml", "-q"], cwd=alone, env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    child_env = (alone / "env.txt").read_text()
+    assert "LD_LIBRARY_PATH=/opt/host-libs\n" in child_env
+    assert "LD_LIBRARY_PATH_ORIG" not in child_env
 
     job = server.add_job(Job("vm1", "vmwu", outputs=("steps.log",)))
     client = BoincClient(

@@ -193,4 +193,17 @@ def main() -> int:
     ``vmwu wrap`` as on the command line."""
     from vmwu.cli import main as vmwu_main
 
+    if getattr(sys, "frozen", False):
+        restore_library_path()
     return vmwu_main(["wrap", *sys.argv[1:]])
+
+
+def restore_library_path() -> None:
+    """PyInstaller's bootloader puts the directory it unpacked its libraries into first on
+    ``LD_LIBRARY_PATH`` (keeping the original in ``LD_LIBRARY_PATH_ORIG``). This process
+    has loaded what it needs; QEMU and the host tasks must load the host's libraries."""
+    original = os.environ.pop("LD_LIBRARY_PATH_ORIG", None)
+    if original:
+        os.environ["LD_LIBRARY_PATH"] = original
+    else:
+        os.environ.pop("LD_LIBRARY_PATH", None)

@@ -18,6 +18,7 @@ cross-build):
   it, taken from the catalog; the wrapper puts it into the volunteer's node cache;
 - ``app_info.xml``: the app version for the anonymous platform (copy the directory's
   files into the client's ``projects/HOST_PORT/``);
+- ``version.xml``: the same app version for a BOINC server's ``bin/update_versions``;
 - ``package.json``: every file with its size and sha256 (``md5`` too: what a BOINC
   server's ``update_versions`` and ``<file_info>`` want).
 """
@@ -163,6 +164,10 @@ def build_executable(name: str, out: Path) -> Path:
             "-m",
             "PyInstaller",
             "--onefile",
+            # unpack into the working directory (the BOINC slot) rather than /tmp, which
+            # hardened hosts mount noexec; the client removes a leftover with the slot
+            "--runtime-tmpdir",
+            ".",
             "--noconfirm",
             "--clean",
             "--log-level",
@@ -232,6 +237,27 @@ def app_info_xml(app: str, version_num: int, plat: str, files: list[Shipped]) ->
     )
 
 
+def version_xml(files: list[Shipped]) -> str:
+    """``version.xml`` for a BOINC server's ``bin/update_versions`` (the files go into
+    ``apps/APP/VERSION/PLATFORM/`` beside it). ``api_version`` is given because the
+    executable holds no ``API_VERSION_`` string for update_versions to find, and without
+    one >= 6 the client offers no ``boinc_mmap_file``. ``dont_throttle``: the client's CPU
+    throttle would suspend and resume the VM every few seconds; QEMU already runs at the
+    client's idle priority."""
+    lines = ["<version>"]
+    for f in files:
+        lines.append("  <file>")
+        lines.append(f"    <physical_name>{f.name}</physical_name>")
+        lines.append(
+            "    <main_program/>"
+            if f.main_program
+            else f"    <logical_name>{f.name}</logical_name>"
+        )
+        lines.append("  </file>")
+    lines += [f"  <api_version>{API_VERSION}</api_version>", "  <dont_throttle/>", "</version>", ""]
+    return "\n".join(lines)
+
+
 def package(
     job_path: Path,
     out: Path,
@@ -267,6 +293,7 @@ def package(
         dest = out / f.name
         shutil.copy2(f.source, dest)
     (out / "app_info.xml").write_text(app_info_xml(app, version_num, plat, shipped))
+    (out / "version.xml").write_text(version_xml(shipped))
     manifest: dict[str, object] = {
         "app": app,
         "version_num": version_num,
