@@ -3,6 +3,7 @@ client and our project server: a job of host tasks, so no QEMU here."""
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,6 +13,8 @@ import pytest
 from tests.boinc.client import App, BoincClient
 from tests.boinc.jobs import host_job_files, lines
 from tests.boinc.server import Job, ProjectServer
+from tests.conftest import run_vmwu
+from tests.integration.conftest import Vmwu
 
 
 @pytest.fixture
@@ -60,3 +63,34 @@ def test_vmwu_wrap_host_job_under_the_client(
     assert "vmwu wrap under BOINC client 7.20.5: result wrap1_0" in report.stderr_out
     assert "called boinc_finish(0)" in report.stderr_out
     assert client.wait_exit(120) == 0
+
+
+def test_missing_tool_postpones_the_task(
+    tmp_path: Path,
+    server: ProjectServer,
+    boinc_client: Callable[[App], BoincClient],
+    vmwu: Vmwu,
+) -> None:
+    """A volunteer's host without QEMU's tools: the task is postponed (a temporary exit
+    with the reason as a notice), not failed. The wrapper runs with a PATH holding none of
+    them; the unit and the tiny base's files are shipped as `vmwu wrap package` ships them."""
+    vmwu.pack("true", name="noop")
+    job_xml = vmwu.tmp / "job.xml"
+    job_xml.write_text(
+        "<job_desc><task><virtualmachine>noop.ova</virtualmachine></task></job_desc>\n"
+    )
+    script = tmp_path / "wrap-without-tools.sh"
+    script.write_text(f'#!/bin/sh\nPATH=/nonexistent exec {sys.executable} -m vmwu wrap "$@"\n')
+    script.chmod(0o755)
+    pkg = tmp_path / "pkg"
+    result = run_vmwu("wrap", "package", job_xml, "-o", pkg, "--executable", script, env=vmwu.env)
+    assert result.returncode == 0, result.stderr
+    job = server.add_job(Job("notools1", "vmwu"))
+    client = boinc_client(App.from_package("vmwu", pkg))
+    client.start()
+    match = client.wait_log(r"Task notools1_0 postponed for (\d+) seconds: (.*)")
+    assert match.group(1) == "86400"
+    assert re.match(r"'\S+' was not found on PATH \(apt-get install \S+\)$", match.group(2))
+    assert job.result not in server.reports, "no computation error is reported"
+    task = client.get_task(job.result)
+    assert task is not None and task.get("state") != "compute error"
