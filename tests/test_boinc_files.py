@@ -195,19 +195,47 @@ def test_links_out_of_the_project_dir_are_refused(fake: FakeClient, target: str)
     assert not (fake.slot / "in.txt").is_symlink()
 
 
-def test_materialize_turns_soft_links_into_symlinks(fake: FakeClient) -> None:
+def test_materialize_links_inputs_and_frees_outputs(fake: FakeClient) -> None:
     fake.link("in.txt", "wu1_in.txt", b"input")
     out = fake.link("out.txt", "wu1_0_out.txt")  # an output: no physical file yet
     (fake.slot / "plain.txt").write_text("plain")
     names = LogicalNames(fake.slot, fake.project_dir)
-    assert set(names.materialize()) == {"in.txt", "out.txt"}
+    inputs, outputs = names.materialize()
+    assert inputs == {"in.txt": "../../projects/127.0.0.1_8000/wu1_in.txt"}
+    assert outputs == {"out.txt": "../../projects/127.0.0.1_8000/wu1_0_out.txt"}
     assert (fake.slot / "in.txt").is_symlink()
     assert (fake.slot / "in.txt").read_bytes() == b"input"
-    (fake.slot / "out.txt").write_text("result")  # a program that knows nothing of BOINC
-    assert out.read_text() == "result", "the output landed in the physical file"
-    assert not (fake.slot / "plain.txt").is_symlink()
     assert names.resolve("in.txt") == "in.txt", "BOINC takes a symlink as the file itself"
-    assert names.materialize() == {}, "idempotent"
-    assert sorted(os.listdir(fake.slot)) == sorted(
-        ["boinc_mmap_file", "in.txt", "init_data.xml", "out.txt", "plain.txt"]
+    assert not (fake.slot / "out.txt").exists(), "the job writes a file of its own there"
+    assert not (fake.slot / "plain.txt").is_symlink()
+    assert names.materialize() == (inputs, {}), "idempotent"
+
+    (fake.slot / "out.txt").write_text("result")  # a program that knows nothing of BOINC
+    assert names.promote({**outputs, "gone.txt": "../../projects/127.0.0.1_8000/g"}) == (
+        ["out.txt"],
+        ["gone.txt"],
     )
+    assert out.read_text() == "result", "the output is in the physical file"
+    assert sorted(os.listdir(fake.slot)) == [
+        "boinc_mmap_file",
+        "in.txt",
+        "init_data.xml",
+        "plain.txt",
+    ]
+
+
+def test_client_symlinks_are_links_too(fake: FakeClient) -> None:
+    """A project with use_symlinks: the client makes symbolic links, not soft-link files."""
+    (fake.project_dir / "wu1_in.txt").write_text("input")
+    (fake.slot / "in.txt").symlink_to("../../projects/127.0.0.1_8000/wu1_in.txt")
+    (fake.slot / "out.txt").symlink_to("../../projects/127.0.0.1_8000/wu1_0_out.txt")
+    (fake.slot / "bad.txt").symlink_to("/etc/passwd")
+    names = LogicalNames(fake.slot, fake.project_dir)
+    with pytest.raises(BadInput, match="bad.txt: its soft link '/etc/passwd' leads outside"):
+        names.links()
+    (fake.slot / "bad.txt").unlink()
+    assert names.materialize() == (
+        {"in.txt": "../../projects/127.0.0.1_8000/wu1_in.txt"},
+        {"out.txt": "../../projects/127.0.0.1_8000/wu1_0_out.txt"},
+    )
+    assert not os.path.lexists(fake.slot / "out.txt")

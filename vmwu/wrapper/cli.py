@@ -108,7 +108,8 @@ def package_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
         description="Write what a BOINC project ships to run JOB.xml with vmwu: the wrapper "
         "as one executable, the job file, the files it names, the base files its units "
-        "reference, an anonymous-platform app_info.xml and package.json (docs/boinc.md).",
+        "reference, app_info.xml (anonymous platform), version.xml (update_versions) and "
+        "package.json (docs/boinc.md).",
     )
     p.add_argument("job", help="the job file")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="a new or empty directory")

@@ -11,7 +11,10 @@ most 512 bytes); if it is a ``<soft_link>``, its text is the path, relative to t
 otherwise (no such file, a real symbolic link, a file the client copied in with
 ``<copy_file/>``) the logical name is the path.
 
-vmwu adds one rule: a soft link must stay inside the project directory that
+Projects can also have the client make real symbolic links instead (``use_symlinks``);
+both kinds are handled alike.
+
+vmwu adds one rule: a link must stay inside the project directory that
 ``init_data.xml`` names (symbolic links on the way resolved). A link that points anywhere
 else is refused with an error: the client never writes one, so the slot has been tampered
 with, and following it would let a job read or overwrite files of the volunteer's.
@@ -105,33 +108,72 @@ class LogicalNames:
         return self._check(name, target)
 
     def links(self) -> dict[str, str]:
-        """Every soft-link file directly in the slot: logical name -> target."""
+        """Every link directly in the slot, logical name -> target: the client's soft-link
+        files, and the symbolic links it makes instead for projects that ask for them
+        (``use_symlinks``) or that :meth:`materialize` made."""
         found: dict[str, str] = {}
         with contextlib.suppress(FileNotFoundError), os.scandir(self.slot) as entries:
             for entry in entries:
-                if not entry.is_file(follow_symlinks=False):
+                if entry.name.startswith("."):
                     continue
-                target = read_soft_link(Path(entry.path))
+                if entry.is_symlink():
+                    target: str | None = os.readlink(entry.path)
+                elif entry.is_file(follow_symlinks=False):
+                    target = read_soft_link(Path(entry.path))
+                else:
+                    target = None
                 if target is not None:
                     self._check(entry.name, target)
                     found[entry.name] = target
         return found
 
-    def materialize(self) -> dict[str, str]:
-        """Replace every soft-link file in the slot by a symbolic link to the same
-        (checked) target, so that programs that know nothing of BOINC — host tasks, the
-        wrapper's own file handling — read inputs from and write outputs into the
-        physical files. Each replacement is atomic (a new link renamed over the file).
-        BOINC's own resolver takes a symbolic link as the file itself, and the client
-        removes it without following it when it cleans the slot. Returns what was
-        replaced."""
-        done = self.links()
-        for name, target in done.items():
-            tmp = self.slot / f".{name}.vmwu-link"
-            tmp.unlink(missing_ok=True)
-            os.symlink(target, tmp)
-            os.replace(tmp, self.slot / name)
-        return done
+    def materialize(self) -> tuple[dict[str, str], dict[str, str]]:
+        """Prepare the slot for programs that know nothing of BOINC (host tasks, the
+        wrapper's own file handling); returns (inputs, outputs), name -> target.
+
+        A link whose file exists (an input, a file of the app version) becomes a symbolic
+        link to it, so that reading the logical name reads the project's file. A link
+        whose file does not exist yet is an output: its link is removed, so that the job
+        writes a regular file of that name in the slot (vmwu writes into the slot without
+        following links), and :meth:`promote` moves it to the physical file at the end.
+        Each replacement is atomic (a new link renamed over the old). BOINC's own resolver
+        takes a symbolic link as the file itself, and the client removes links without
+        following them when it cleans the slot."""
+        inputs: dict[str, str] = {}
+        outputs: dict[str, str] = {}
+        for name, target in self.links().items():
+            path = self.slot / name
+            if os.path.isfile(self.slot / target):
+                inputs[name] = target
+                if not path.is_symlink():
+                    tmp = self.slot / f".{name}.vmwu-link"
+                    tmp.unlink(missing_ok=True)
+                    os.symlink(target, tmp)
+                    os.replace(tmp, path)
+            else:
+                outputs[name] = target
+                path.unlink()
+        return inputs, outputs
+
+    def promote(self, outputs: dict[str, str]) -> tuple[list[str], list[str]]:
+        """Move each output the job wrote into the slot (a regular file of the logical
+        name) to its physical file, which the client uploads; returns (moved, missing)."""
+        moved, missing = [], []
+        for name, target in sorted(outputs.items()):
+            path = self.slot / name
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                if not os.path.isfile(self.slot / target):
+                    missing.append(name)
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                missing.append(name)
+                continue
+            physical = self._check(name, target)
+            os.replace(path, physical)
+            moved.append(name)
+        return moved, missing
 
     def resolve_args(self, args: list[str]) -> list[str]:
         """BOINC's wrapper: every ``boinc_resolve(NAME)`` in an argument is replaced by

@@ -5,10 +5,10 @@
 ``boinc_mmap_file`` there). It
 
 1. opens the session (``boinc_lockfile``; another app in the slot: temporary exit, 10 min);
-2. turns the slot's soft-link files into symbolic links to the physical files (so the
-   job file, the applications, ``copy_file_to_VM``/``copy_file_from_VM`` files,
-   ``std*_filename`` and file names on command lines all reach the project's files, and
-   outputs land in the physical files the client uploads);
+2. resolves the slot's logical names (``links.py``): inputs and app files become symbolic
+   links to the project's files (the job file, the applications, ``copy_file_to_VM``
+   files, file names on command lines); outputs are written as plain files in the slot
+   and moved to their physical files (which the client uploads) when the job has ended;
 3. runs the wrapper with the client as control source (:class:`BoincControl`), the job file
    the ``job.xml`` logical name resolves to, ``$PROJECT_DIR`` the client's project
    directory, ``$NTHREADS`` the client's ``ncpus``, and a VM checkpoint every
@@ -23,7 +23,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import re
 import sys
@@ -76,7 +78,7 @@ def boinc_main(argv: Sequence[str]) -> int:
             f"checkpoint every {init.checkpoint_period:g} s"
         )
         try:
-            session.names.materialize()
+            outputs = remember_outputs(slot, session.names.materialize()[1])
             # vmwu's node cache and catalog live in the project directory: shared by the
             # project's tasks, kept between them, removed with the project.
             if init.project_dir:
@@ -125,6 +127,10 @@ def boinc_main(argv: Sequence[str]) -> int:
                 return controls[-1]
 
             code = Wrapper(opts, control_factory=control).run()
+            if code != int(ExitCode.INTERRUPTED):  # done, failed or aborted: no more runs
+                moved, missing = session.names.promote(outputs)
+                if missing and code == 0:
+                    session.log(f"the job did not write its output(s) {', '.join(missing)}")
         except (ToolNotFound, HostFailure) as exc:
             return session.temporary_exit(_delay(exc), str(exc), notice=True)
         except VmwuError as exc:
@@ -144,6 +150,27 @@ def boinc_main(argv: Sequence[str]) -> int:
             return session.temporary_exit(60, "vmwu wrap was stopped on this host")
         message = None if code == 0 else f"the job failed with exit code {code}"
         return session.finish(code, cpu_time=cpu, message=message)
+
+
+OUTPUTS_RECORD = Path(".vmwu-wrap") / "boinc-outputs.json"
+
+
+def remember_outputs(slot: Path, found: dict[str, str]) -> dict[str, str]:
+    """The job's outputs (logical name -> physical file), found now or in an earlier run
+    (whose links are gone from the slot), kept in ``.vmwu-wrap/boinc-outputs.json``."""
+    from vmwu.wrapper.fsutil import write_json_atomic
+
+    record = slot / OUTPUTS_RECORD
+    known: dict[str, str] = {}
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads(record.read_text())
+        if isinstance(data, dict):
+            known = {str(k): str(v) for k, v in data.items()}
+    if found.items() - known.items():
+        known.update(found)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(record, known)
+    return known
 
 
 def seed_base_files(slot: Path, session: BoincSession) -> list[str]:
