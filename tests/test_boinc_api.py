@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.boinc.fake import HEARTBEAT, FakeClient
 from vmwu.errors import BadInput
@@ -246,3 +248,26 @@ def test_bad_init_data_is_one_line(client: FakeClient) -> None:
     (client.slot / "init_data.xml").write_text("<app_init_data><slot>x</slot></app_init_data>")
     with pytest.raises(BadInput, match=r"init_data.xml: <slot>: expected an integer, got 'x'"):
         session(client)
+
+
+@given(heartbeat=st.binary(max_size=1100), control=st.binary(max_size=1100))
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_bytes_in_the_channels(client: FakeClient, heartbeat: bytes, control: bytes) -> None:
+    """Whatever the client's channels hold, polling reads it as text and types it."""
+    s = session(client)
+    try:
+        for channel, raw in (
+            (Channel.HEARTBEAT, heartbeat),
+            (Channel.PROCESS_CONTROL_REQUEST, control),
+        ):
+            base = int(channel) * 1024
+            data = raw[:1023]
+            client.map[base + 1 : base + 1 + len(data)] = data
+            client.map[base] = 1
+        messages = s.poll()
+        text = control[:1023].split(b"\0", 1)[0].decode("utf-8", errors="replace")
+        assert messages == parse_control(text)
+        assert not client.pending(Channel.HEARTBEAT)
+        assert not client.pending(Channel.PROCESS_CONTROL_REQUEST)
+    finally:
+        s.close()

@@ -129,6 +129,8 @@ def boinc_main(argv: Sequence[str]) -> int:
             code = Wrapper(opts, control_factory=control).run()
             if code != int(ExitCode.INTERRUPTED):  # done, failed or aborted: no more runs
                 moved, missing = session.names.promote(outputs)
+                if moved:
+                    session.log(f"output(s) {', '.join(moved)} moved to the project's files")
                 if missing and code == 0:
                     session.log(f"the job did not write its output(s) {', '.join(missing)}")
         except (ToolNotFound, HostFailure) as exc:
