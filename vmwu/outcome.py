@@ -41,12 +41,18 @@ class RunResult:
     cmdline: list[str] = field(default_factory=list)
 
 
-def console_tail(path: Path, lines: int = 3) -> str:
+def read_tail(path: Path, size: int = 256 * 1024) -> str:
+    """The last ``size`` bytes of a file the guest wrote (its console), as text."""
     try:
-        text = path.read_text(errors="replace")
+        with open(path, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - size))
+            return fh.read(size).decode(errors="replace")
     except OSError:
         return ""
-    rows = [r.strip() for r in text.replace("\r", "").splitlines() if r.strip()]
+
+
+def console_tail(path: Path, lines: int = 3) -> str:
+    rows = [r.strip()[:300] for r in read_tail(path).replace("\r", "").splitlines() if r.strip()]
     return " | ".join(rows[-lines:])
 
 
@@ -72,10 +78,7 @@ def classify(
             )
         return None
     tail = console_tail(console)
-    try:
-        text = console.read_text(errors="replace")
-    except OSError:
-        text = ""
+    text = read_tail(console)
     if state.agent_error:
         return GuestNeverBooted(f"the vmwu agent failed: {state.agent_error}", hint=console_hint)
     if "Kernel panic" in text:
