@@ -359,3 +359,44 @@ def test_toml_unknown_reference_points_into_the_string() -> None:
     plan = parse_toml_plan(text, Path("p.toml"))
     with pytest.raises(SpecError, match=r"p.toml:6:29: unknown parameter \$\{y\}"):
         check_references(plan, {})
+
+
+def test_toml_plans_have_every_command_and_task() -> None:
+    plan = parse_toml_plan(
+        """
+[[parameter]]
+name = "x"
+type = "float"
+random = { from = 1, to = 2 }
+
+[task.nodestart]
+steps = [ { copy = "model.dat", to = "node:." } ]
+
+[task.main]
+steps = [
+    { onerror = "ignore" },
+    { redirect = "stdout", to = "out.txt", append = true },
+    { redirect = "stderr" },
+    { exec = ["echo", "$x"] },
+    { shexec = "echo ${x} > x.txt" },
+    { copy = "node:x.txt", to = "x_$jobindex.txt" },
+]
+
+[task.rootfinish]
+steps = [ { execute = "ls" } ]
+""",
+        Path("p.toml"),
+    )
+    assert list(plan.tasks) == ["nodestart", "main", "rootfinish"]
+    steps = plan.main.steps
+    assert [s.kind for s in steps] == [
+        StepKind.ONERROR,
+        StepKind.REDIRECT,
+        StepKind.REDIRECT,
+        StepKind.EXEC,
+        StepKind.EXECUTE,
+        StepKind.COPY,
+    ]
+    assert steps[1].append and steps[1].args[0].text == "out.txt" and steps[2].args == ()
+    assert [a.text for a in steps[3].args] == ["echo", "$x"]
+    assert len(values_of(plan.parameters[0], Path("."))) == 1  # random without points

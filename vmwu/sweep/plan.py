@@ -554,6 +554,9 @@ def _shell(line: Line, start: int, word: str) -> Step:
         chars.append(char)
         positions.append(i)
         i += 1
+    if state != _BARE:
+        quote = "'" if state == _SINGLE else '"'
+        raise fail(where, f"missing closing {quote} in the command line (the shell needs it)")
     command = "".join(chars)
     lead = len(command) - len(command.lstrip())
     command = command.strip()
