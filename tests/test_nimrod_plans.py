@@ -347,6 +347,7 @@ def test_every_type_and_domain(tmp_path: Path) -> None:
         ("parameter x text range from 1 to 2", "a text parameter cannot take a range"),
         ("parameter x", "parameter x has no type"),
         ("parameter jobindex integer default 1", "jobindex is the name Nimrod gives each job"),
+        ('parameter x text "a\\0b"', "a NUL character cannot be part of a plan's text"),
     ],
 )
 def test_bad_numbers_and_domains_are_refused_where_they_are(line: str, expected: str) -> None:
@@ -589,3 +590,48 @@ def test_exported_scripts_run_the_same_commands(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path / "scratch")) == ["vmwu-export-export"]
     leftover = os.listdir(tmp_path / "scratch" / "vmwu-export-export")
     assert sorted(leftover) == [".nodestart.done", "nodestart"]
+
+
+def test_nimrodgs_webtest_plan_has_its_1818_jobs() -> None:
+    """nimrodg's ParseTests.webtest (the plan inline in its tests; it asserts 1818 jobs)."""
+    plan = parse(
+        'parameter file text select anyof "1kb" "5kb" "10kb" "100kb" "500kb" "1mb" "100mb" '
+        '"500mb" "1000mb"\n'
+        'parameter op text select anyof "GET" "POST"\n'
+        "parameter x integer range from 0 to 100 step 1\n"
+        "\n"
+        "task main\n"
+        "\tonerror fail\n"
+        '\tshexec "/home/uqzvanim/nimbench.sh $op $file"\n'
+        "endtask"
+    )
+    assert count_jobs(plan, Path(".")) == 1818
+    check_references(plan, {})
+    job = expand(plan, Path("."))[1]
+    assert plan.main.steps[1].args[0].render_shell(job.params) == (
+        "/home/uqzvanim/nimbench.sh GET 1kb"
+    )
+
+
+def test_nimrodgs_redirect_syntax() -> None:
+    """nimrodg's ParseTests.redirectSyntaxTest, every form."""
+    plan = parse(
+        "parameter x integer range from 0 to 100 step 1\n"
+        "task main\n"
+        "    redirect stdout off\n"
+        "    redirect stderr off\n"
+        "    redirect stdout to /dev/null\n"
+        "    redirect stdout append to stdout.$x\n"
+        "    redirect stderr append to stderr.$x\n"
+        "endtask"
+    )
+    assert [(s.word, s.append, [a.text for a in s.args]) for s in plan.main.steps] == [
+        ("stdout", False, []),
+        ("stderr", False, []),
+        ("stdout", False, ["/dev/null"]),
+        ("stdout", True, ["stdout.$x"]),
+        ("stderr", True, ["stderr.$x"]),
+    ]
+    # nimrodg lets a redirect go anywhere; vmwu to /dev/null or the job's own files
+    with pytest.raises(SpecError, match="redirect to: '/tmp/log' is an absolute path"):
+        parse("parameter x integer default 1\ntask main\n redirect stdout to /tmp/log\nendtask\n")

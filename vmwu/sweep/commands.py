@@ -24,7 +24,7 @@ from typing import IO, Any
 from vmwu.errors import BadInput, VmwuError
 from vmwu.sweep.expand import node_relative, root_output, root_relative, source_path
 from vmwu.sweep.hostcopy import copy_untrusted, resolve_under
-from vmwu.sweep.model import IDENT, ROOT_TASKS, Side, Step, StepKind, Value, format_value
+from vmwu.sweep.model import DEV_NULL, IDENT, ROOT_TASKS, Side, Step, StepKind, Value, format_value
 
 _NOFOLLOW = os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
@@ -213,12 +213,16 @@ class TaskRun:
             self.note(f"redirect {step.word} off")
             return
         text = step.args[0].render(self.place.values, env=self.place.env)
-        path = self.file(text, Side.ROOT if self.place.task in ROOT_TASKS else Side.NODE, step)
+        if text == DEV_NULL:
+            path = Path(os.devnull)
+        else:
+            side = Side.ROOT if self.place.task in ROOT_TASKS else Side.NODE
+            path = self.file(text, side, step)
         if other.path == path and not step.append:
             mine.fd, mine.path = other.fd, path  # both streams into one file, one offset
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            flags = os.O_WRONLY | os.O_CREAT | _NOFOLLOW
+            flags = os.O_WRONLY | os.O_CREAT | (_NOFOLLOW if path != Path(os.devnull) else 0)
             flags |= os.O_APPEND if step.append else os.O_TRUNC
             mine.fd, mine.path = os.open(path, flags, 0o644), path
         self.note(f"redirect {step.word} {'append ' if step.append else ''}to {text}")

@@ -31,7 +31,17 @@ from vmwu.sweep.expand import (
     root_relative,
     source_path,
 )
-from vmwu.sweep.model import ROOT_TASKS, Plan, Side, Step, StepKind, Task, Value, format_value
+from vmwu.sweep.model import (
+    DEV_NULL,
+    ROOT_TASKS,
+    Plan,
+    Side,
+    Step,
+    StepKind,
+    Task,
+    Value,
+    format_value,
+)
 from vmwu.sweep.plan import load_plan
 
 FORMATS = ("slurm", "htcondor", "sge")
@@ -170,6 +180,8 @@ def _step(i: int, step: Step, values: Mapping[str, Value], input_dir: Path, task
 
 
 def _path(text: str, task: str) -> str:
+    if text == DEV_NULL:
+        return DEV_NULL
     if task in ROOT_TASKS:
         return _q(root_relative(text, task))
     return '"$WORK"/' + _q(node_relative(text, task))

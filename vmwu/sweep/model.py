@@ -164,6 +164,7 @@ class Template:
 
     @classmethod
     def parse(cls, text: str, where_of: Callable[[int], Where]) -> Template:
+        check_text(text, where_of)
         parts: list[str | Ref] = []
         pos = 0
         literal: list[str] = []
@@ -241,6 +242,18 @@ class Template:
         return "".join(out)
 
 
+_BAD_CHAR = re.compile("[\x00\ud800-\udfff]")
+
+
+def check_text(text: str, where_of: Callable[[int], Where]) -> None:
+    """No NUL character (no file name, argument or environment can hold one) and no lone
+    surrogate (no UTF-8 text can)."""
+    bad = _BAD_CHAR.search(text)
+    if bad is not None:
+        what = "a NUL character" if bad[0] == "\x00" else f"the character U+{ord(bad[0]):04X}"
+        raise fail(where_of(bad.start()), f"{what} cannot be part of a plan's text")
+
+
 _SHELL_BARE, _SHELL_SINGLE, _SHELL_DOUBLE = 0, 1, 2
 
 
@@ -306,6 +319,7 @@ class Step:
 
 
 ROOT_TASKS = ("rootstart", "rootfinish")
+DEV_NULL = "/dev/null"  # the one absolute path a redirect may name: output thrown away
 # In Nimrod's order: rootstart once before any job, nodestart once on each node before its
 # first job, main once per job, rootfinish once after the last job.
 TASKS = ("rootstart", "nodestart", "main", "rootfinish")
@@ -377,7 +391,7 @@ def check_plan(plan: Plan, where: Where) -> None:
         for step in task.steps:
             if step.kind in (StepKind.COPY, StepKind.SUBSTITUTE):
                 _check_files(task.name, step)
-            elif step.kind is StepKind.REDIRECT and step.args:
+            elif step.kind is StepKind.REDIRECT and step.args and step.args[0].plain != DEV_NULL:
                 check_relative(step.args[0].plain, step.where, "redirect to", allow_up=True)
 
 
@@ -470,4 +484,5 @@ def convert(p_type: ParamType, text: str, where: Where) -> Value:
     """A value written as text (a plan token, --set) as the parameter's type."""
     if p_type in (ParamType.INTEGER, ParamType.FLOAT):
         return parse_number(text.strip(), where, "the value", p_type)
+    check_text(text, lambda i: where)
     return text

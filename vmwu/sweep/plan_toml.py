@@ -55,6 +55,7 @@ from vmwu.sweep.model import (
     Where,
     check_domain,
     check_plan,
+    convert,
     fail,
     format_value,
     to_number,
@@ -227,7 +228,7 @@ def _scalar(value: Any, p_type: ParamType, where: Where) -> Value:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise fail(where, f"expected a number or a string, not {value!r}")
     if p_type in (ParamType.TEXT, ParamType.FILES):
-        return value if isinstance(value, str) else format_value(value)
+        return convert(p_type, value if isinstance(value, str) else format_value(value), where)
     if isinstance(value, str):
         raise fail(where, f"{value!r} is not a number (the parameter is {p_type})")
     return _finite(value, where, "the value", p_type)
