@@ -14,19 +14,18 @@ import os
 import re
 import shlex
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from vmwu.errors import BadInput, VmwuError
 from vmwu.sweep.expand import node_relative, root_output, root_relative, source_path
-from vmwu.sweep.hostcopy import copy_untrusted, resolve_under
+from vmwu.sweep.hostcopy import copy_untrusted, kind_of, open_output, read_file, write_file
 from vmwu.sweep.model import DEV_NULL, IDENT, ROOT_TASKS, Side, Step, StepKind, Value, format_value
-
-_NOFOLLOW = os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
 def spawn(
@@ -71,12 +70,13 @@ class Place:
     env: Mapping[str, str]  # the commands' environment (and $NAME of non-parameters)
     log: IO[bytes]  # where output goes unless redirected
     node_root: Path | None = None  # the node's directory, node:.. (main, nodestart)
-    # task main: keep a node file as the root-side output REL (staged with the job's result)
-    stage: Callable[[Path, str], None] | None = None
+    # task main: keep the node file (BASE, REL) as the root-side output OUT (staged with the
+    # job's result): stage(BASE, REL, OUT)
+    stage: Callable[[Path, str, str], None] | None = None
 
 
 class _Stream:
-    def __init__(self, fd: int | None = None, path: Path | None = None) -> None:
+    def __init__(self, fd: int | None = None, path: tuple[Path, str] | None = None) -> None:
         self.fd = fd
         self.path = path
 
@@ -214,78 +214,77 @@ class TaskRun:
             return
         text = step.args[0].render(self.place.values, env=self.place.env)
         if text == DEV_NULL:
-            path = Path(os.devnull)
+            target: tuple[Path, str] = (Path(os.devnull), "")
         else:
             side = Side.ROOT if self.place.task in ROOT_TASKS else Side.NODE
-            path = self.file(text, side, step)
-        if other.path == path and not step.append:
-            mine.fd, mine.path = other.fd, path  # both streams into one file, one offset
+            target = self.locate(text, side, step)
+        if other.path == target and not step.append:
+            mine.fd, mine.path = other.fd, target  # both streams into one file, one offset
+        elif text == DEV_NULL:
+            mine.fd, mine.path = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC), target
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            flags = os.O_WRONLY | os.O_CREAT | (_NOFOLLOW if path != Path(os.devnull) else 0)
-            flags |= os.O_APPEND if step.append else os.O_TRUNC
-            mine.fd, mine.path = os.open(path, flags, 0o644), path
+            mine.fd, mine.path = open_output(*target, append=step.append), target
         self.note(f"redirect {step.word} {'append ' if step.append else ''}to {text}")
 
     # -- files ------------------------------------------------------------------------------
 
-    def file(self, text: str, side: Side, step: Step) -> Path:
-        """A path of the plan, checked: node files stay in the node's directories, root
-        files of root tasks in RESULTS, and no symbolic link is followed on the way."""
+    def locate(self, text: str, side: Side, step: Step) -> tuple[Path, str]:
+        """A path of the plan as a trusted directory of vmwu's and a path beneath it
+        (:mod:`vmwu.sweep.hostcopy` walks it without following links): node paths stay in
+        the node's directories, root paths of root tasks in RESULTS."""
         where = str(step.where)
         if side is Side.ROOT:
-            rel = root_relative(text, where)
-            return resolve_under(self.place.cwd, rel, where)
+            return self.place.cwd, root_relative(text, where)
         root = self.place.node_root
         assert root is not None
         rel = node_relative(text, where)
         if rel == "..":
-            return root
+            return root, ""
         if rel.startswith("../"):
-            return resolve_under(root, rel[3:], where)
-        inside = self.place.cwd.relative_to(root)
-        return resolve_under(root, f"{inside}/{rel}" if rel != "." else str(inside), where)
+            return root, rel[3:]
+        inside = str(self.place.cwd.relative_to(root))
+        return root, inside if rel == "." else f"{inside}/{rel}"
 
-    def source(self, step: Step, side: Side, text: str) -> Path:
+    def source(self, step: Step, side: Side, text: str) -> tuple[Path, str]:
         if side is Side.NODE:
-            path = self.file(text, side, step)
-            if not path.exists() and not path.is_symlink():
+            base, rel = self.locate(text, side, step)
+            if kind_of(base, rel) is None:
                 raise BadInput(f"{step.where}: {step.kind}: node:{text} was not produced")
-            return path
+            return base, rel
         path = source_path(text, self.place.input_dir)
         if not path.exists():
             raise BadInput(f"{step.where}: {step.kind}: {path} does not exist")
-        return path.resolve()  # the user's own files: their links are theirs
+        path = path.resolve()  # the user's own files: their links are theirs
+        return path.parent, path.name
+
+    def target(self, step: Step, side: Side, text: str, name: str) -> tuple[Path, str]:
+        """Where a copy or substitute lands: into a directory when the destination is one
+        (``node:..``, ``.``, ``DIR/``, an existing directory), keeping the source's name."""
+        base, rel = self.locate(text, side, step)
+        if text.endswith("/") or text in ("", ".", "..") or kind_of(base, rel) == stat.S_IFDIR:
+            rel = f"{rel}/{name}" if rel else name
+        return base, rel
 
     def copy(self, step: Step, src: str, dest: str) -> None:
         s_src, s_dest = step.sides
-        source = self.source(step, s_src, src)
+        base, rel = self.source(step, s_src, src)
         if s_dest is Side.ROOT and self.place.stage is not None:
-            self.place.stage(source, root_output(dest, src, str(step.where)))
+            self.place.stage(base, rel, root_output(dest, src, str(step.where)))
             return
-        target = self.file(dest, s_dest, step)
-        if dest.endswith("/") or dest in ("", ".", "..") or _is_dir(target):
-            target = resolve_under(target, source.name, str(step.where))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        skipped = copy_untrusted(source, target)
+        d_base, d_rel = self.target(step, s_dest, dest, PurePosixPath(rel).name)
+        skipped = copy_untrusted(base, rel, d_base, d_rel)
         if skipped:
-            self.note(f"{step.where}: copy skipped special files: {', '.join(skipped)}")
+            self.note(f"{step.where}: copy skipped: {'; '.join(skipped)}")
 
     def substitute(self, step: Step, src: str, dest: str) -> None:
-        source = self.source(step, step.sides[0], src)
+        base, rel = self.source(step, step.sides[0], src)
+        data = read_file(base, rel) if step.sides[0] is Side.NODE else (base / rel).read_bytes()
         try:
-            fd = os.open(source, os.O_RDONLY | (_NOFOLLOW if step.sides[0] is Side.NODE else 0))
-            with os.fdopen(fd, "rb") as fh:
-                text = fh.read().decode("utf-8")
+            text = data.decode("utf-8")
         except UnicodeDecodeError:
             raise BadInput(f"{step.where}: substitute: {src} is not UTF-8 text") from None
-        target = self.file(dest, step.sides[1], step)
-        if _is_dir(target):
-            target = resolve_under(target, source.name, str(step.where))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW, 0o644)
-        with os.fdopen(fd, "wb") as out:
-            out.write(substitute_text(text, self.place.values).encode("utf-8"))
+        d_base, d_rel = self.target(step, step.sides[1], dest, PurePosixPath(rel).name)
+        write_file(d_base, d_rel, substitute_text(text, self.place.values).encode("utf-8"))
 
 
 _NAME_REF = re.compile(r"\$\{(" + IDENT.pattern + r")\}|\$(" + IDENT.pattern + ")")
@@ -300,13 +299,6 @@ def substitute_text(text: str, values: Mapping[str, Value]) -> str:
         return format_value(values[name]) if name in values else match[0]
 
     return _NAME_REF.sub(one, text)
-
-
-def _is_dir(path: Path) -> bool:
-    try:
-        return os.lstat(path).st_mode & 0o170000 == 0o040000
-    except OSError:
-        return False
 
 
 def _show(side: Side, text: str) -> str:

@@ -24,7 +24,7 @@ import shutil
 import signal
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -34,7 +34,7 @@ from vmwu.sweep.commands import Place, TaskRun
 from vmwu.sweep.executors import Context, Executor, Observed, Phase, Submission, get_executor
 from vmwu.sweep.expand import NIMROD_VAR, root_relative
 from vmwu.sweep.experiment import Experiment
-from vmwu.sweep.hostcopy import resolve_under
+from vmwu.sweep.hostcopy import kind_of, move_in
 from vmwu.sweep.journal import ACTIVE, JobRow, State
 from vmwu.sweep.layout import ROOT_STAGE, Layout, read_json
 from vmwu.sweep.model import Task, Value, format_value
@@ -268,25 +268,20 @@ class Driver:
         for item in files:
             try:
                 rel = root_relative(str(item), f"{job_id}/job.json")
-                source = stage / rel
-                dest = results / rel
                 owner = self.journal.root_file_owner(rel)
-                if not os.path.lexists(source):
-                    if owner == job_id and os.path.lexists(dest):
+                there = kind_of(results, rel) is not None
+                if kind_of(stage, rel) is None:
+                    if owner == job_id and there:
                         continue  # put there before a crash of the driver
                     return f"its output {rel} is missing from {stage}"
-                if os.path.lexists(dest) and owner != job_id:
+                if there and owner != job_id:
                     who = f"written by job {owner}" if owner else "not written by this sweep"
                     return (
                         f"its output {rel} was not put in {results}: a file of that name is "
                         f"there ({who}); the job's copy is in {stage}"
                     )
-                parent = resolve_under(results, str(PurePosixPath(rel).parent), "output")
-                parent.mkdir(parents=True, exist_ok=True)
                 self.journal.set_root_file(rel, job_id)
-                if os.path.lexists(dest):  # this job's, from an earlier run
-                    shutil.rmtree(dest) if _is_dir(dest) else dest.unlink()
-                os.rename(source, dest)
+                move_in(stage, rel, results, replace=owner == job_id)
             except (VmwuError, OSError) as err:
                 text = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
                 return f"its output {item} was not put in {results}: {text}"
@@ -439,10 +434,6 @@ def run_root_task(
 class TaskFailed(VmwuError):
     """A rootstart/rootfinish command failed (the jobs' results are kept); the sweep
     command reports it and exits 1, like a failed job."""
-
-
-def _is_dir(path: Path) -> bool:
-    return path.is_dir() and not path.is_symlink()
 
 
 def _job_json(directory: Path) -> dict[str, Any]:

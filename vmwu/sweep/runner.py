@@ -264,16 +264,14 @@ class Runner:
     def is_infra(self, code: int) -> bool:
         return code in INFRA_CODES and self.vmwu_confirms(code)
 
-    def stage(self, source: Path, rel: str) -> None:
+    def stage(self, base: Path, rel: str, out: str) -> None:
         """``copy node:X Y``: X is kept with the result as ``.root/Y``; the driver puts it
         at ``RESULTS/Y`` when it settles the job."""
-        target = self.tmp / ROOT_STAGE / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        skipped = copy_untrusted(source, target)
+        skipped = copy_untrusted(base, rel, self.tmp / ROOT_STAGE, out)
         if skipped and self.task is not None:
-            self.task.note(f"copy skipped special files: {', '.join(skipped)}")
-        if rel not in self.root_files:
-            self.root_files.append(rel)
+            self.task.note(f"copy skipped: {'; '.join(skipped)}")
+        if out not in self.root_files:
+            self.root_files.append(out)
 
     # -- outcome --------------------------------------------------------------------------
 
