@@ -288,3 +288,21 @@ def test_sweeps_leave_nothing_in_tmp(tmp_path: Path) -> None:
     )
     assert result.returncode == 1, result.stderr  # job 3 failed
     assert os.listdir(tmp) == []
+
+
+def test_a_status_json_link_is_not_taken_for_a_vmwu_run(tmp_path: Path) -> None:
+    """A job (a guest's output) leaving d/status.json as a link to a host file that looks
+    like vmwu's: not read through, so d is not kept as a vmwu run's outputs."""
+    host = write(
+        tmp_path / "host.json", '{"vmwu_version": "0", "outcome": "ok", "exit_code": 0}\n'
+    )
+    write(
+        tmp_path / "t.plan",
+        "parameter n integer default 1\n"
+        f'task main\n  shexec "mkdir d; ln -s {host} d/status.json; echo f > d/f"\nendtask\n',
+    )
+    result = sweep("t.plan", "-q", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    job = next((tmp_path / "t-results" / "jobs").glob("j-*"))
+    assert sorted(os.listdir(job)) == ["job.json", "task.log"]
+    assert json.loads((job / "job.json").read_text())["vmwu_run"] is None

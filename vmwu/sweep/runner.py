@@ -44,11 +44,11 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from vmwu.errors import BadInput, ExitCode, HostDiskFull
+from vmwu.errors import BadInput, ExitCode, HostDiskFull, VmwuError
 from vmwu.sweep import procs
 from vmwu.sweep.commands import Outcome, Place, TaskRun
 from vmwu.sweep.expand import NIMROD_VAR, job_values
-from vmwu.sweep.hostcopy import copy_untrusted
+from vmwu.sweep.hostcopy import copy_untrusted, read_file
 from vmwu.sweep.layout import ROOT_STAGE, Layout, read_json, write_json
 from vmwu.sweep.model import Plan, Value, format_value
 
@@ -281,17 +281,18 @@ class Runner:
         for status in sorted(
             [*self.work.glob("*/status.json"), *self.work.glob("*/*/status.json")]
         ):
-            with contextlib.suppress(OSError, ValueError):
-                if "vmwu_version" in json.loads(status.read_text()):
-                    found.append(status.parent)
+            data = _status(self.work, str(status.relative_to(self.work)))
+            if data is not None and "vmwu_version" in data:
+                found.append(status.parent)
         return found
 
     def vmwu_confirms(self, code: int) -> bool:
         """Did a ``vmwu run`` report this code as its own failure (not the app's)?"""
         statuses = []
         for run in self.vmwu_runs():
-            with contextlib.suppress(OSError, ValueError):
-                statuses.append(json.loads((run / "status.json").read_text()))
+            data = _status(self.work, f"{run.relative_to(self.work)}/status.json")
+            if data is not None:
+                statuses.append(data)
         if not statuses:  # vmwu run failed before it wrote anything: trust the code
             return True
         return any(
@@ -317,9 +318,7 @@ class Runner:
         retry_app = bool(self.exp.get("retry_app_failures"))
         retryable = outcome.state == "failed" and (outcome.infra or retry_app)
         final = not retryable or self.attempt >= max_attempts
-        run_status = {}
-        with contextlib.suppress(OSError, ValueError):
-            run_status = json.loads((self.tmp / "status.json").read_text())
+        run_status = _status(self.tmp, "status.json") or {}
         write_json(
             self.tmp / "job.json",
             {
@@ -380,6 +379,16 @@ def node_directory(experiment: str) -> Path:
     """This node's directory for the experiment's jobs (``node:..``)."""
     scratch = Path(os.environ.get("VMWU_SWEEP_SCRATCH") or tempfile.gettempdir())
     return scratch / f"vmwu-sweep-{experiment}"
+
+
+def _status(base: Path, rel: str) -> dict[str, Any] | None:
+    """A ``vmwu run`` status.json in a job's directories (read without following a link a
+    guest may have left; a small JSON object, or None)."""
+    try:
+        data = json.loads(read_file(base, rel, limit=1 << 20))
+    except (VmwuError, OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def make_dir(path: Path) -> None:
