@@ -293,9 +293,7 @@ def test_sweeps_leave_nothing_in_tmp(tmp_path: Path) -> None:
 def test_a_status_json_link_is_not_taken_for_a_vmwu_run(tmp_path: Path) -> None:
     """A job (a guest's output) leaving d/status.json as a link to a host file that looks
     like vmwu's: not read through, so d is not kept as a vmwu run's outputs."""
-    host = write(
-        tmp_path / "host.json", '{"vmwu_version": "0", "outcome": "ok", "exit_code": 0}\n'
-    )
+    host = write(tmp_path / "host.json", '{"vmwu_version": "0", "outcome": "ok", "exit_code": 0}\n')
     write(
         tmp_path / "t.plan",
         "parameter n integer default 1\n"
