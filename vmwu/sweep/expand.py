@@ -238,7 +238,9 @@ def count_jobs(
 
 
 def _amount(n: int) -> str:
-    digits = len(str(n)) if n < 10**4000 else 4000
+    if n >= 10**4000:
+        return "more than 10^4000"
+    digits = len(str(n))
     return str(n) if digits <= 12 else f"about 10^{digits - 1}"
 
 
