@@ -10,6 +10,7 @@ One :class:`TaskRun` per task run: task main of a job and nodestart on its node
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shlex
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from vmwu.errors import BadInput, VmwuError
+from vmwu.errors import BadInput, HostDiskFull, VmwuError
 from vmwu.sweep.expand import node_relative, root_output, root_relative, source_path
 from vmwu.sweep.hostcopy import copy_untrusted, kind_of, open_output, read_file, write_file
 from vmwu.sweep.model import DEV_NULL, IDENT, ROOT_TASKS, Side, Step, StepKind, Value, format_value
@@ -110,9 +111,13 @@ class TaskRun:
                 error: str | None = None
                 try:
                     code = self.step(step)
+                except HostDiskFull:
+                    raise  # the node's disk, not the job: no policy ignores it
                 except VmwuError as err:
                     code, error = None, str(err)
                 except OSError as err:
+                    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                        raise
                     code, error = None, f"{step.where}: {step.kind}: {err.strerror or err}"
                 record.update(exit_code=code, seconds=round(time.time() - t0, 3))
                 outcome.steps.append(record)
