@@ -24,7 +24,7 @@ from vmwu.errors import (
     VmwuError,
 )
 from vmwu.events import InstanceState
-from vmwu.hostfs import SafeDir
+from vmwu.hostfs import SafeDir, rel_parts
 from vmwu.images import ext4_read, qemu_img
 from vmwu.instance import CONSOLE_LOG, STATUS_JSON, Prepared
 from vmwu.vmm.qemu import QemuMachine
@@ -110,7 +110,9 @@ _GUEST_STATUS_LIMIT = 64 * 1024
 def output_renames(output_filename: str | None) -> dict[str, str]:
     """vmwu's own names in the output directory: a guest's entry of such a name is written
     under the name given here, so that vmwu's file never goes through the guest's."""
-    names = [CONSOLE_LOG, STATUS_JSON] + ([output_filename] if output_filename else [])
+    names = [CONSOLE_LOG, STATUS_JSON]
+    if output_filename and "/" not in output_filename.strip("/"):
+        names.append(output_filename.strip("/"))
     return {n: f"{n}.app" for n in names}
 
 
@@ -215,16 +217,25 @@ def delta(a: float | None, b: float | None) -> float | None:
 
 
 def keep_output_image(raw: Path, dest: SafeDir, name: str) -> None:
-    """The output disk itself, kept as ``name`` in the output directory (qcow2 for a
-    .qcow2/.qcow name, else a sparse raw copy): made in a private directory of vmwu's,
-    then renamed into place."""
-    with dest.private_dir() as private:
+    """The output disk itself, kept as ``name`` (qcow2 for a .qcow2/.qcow name, else a
+    sparse raw copy), made in a private directory of vmwu's, then renamed into place.
+    ``name`` is the user's: relative to the output directory, which it may leave (the
+    thesis's ``-output-filename ../output.img``). Inside the output directory, where the
+    guest's entries are, no step of it is taken through a link."""
+    target = Path(os.path.normpath(dest.path / name))
+    if target == dest.path or dest.path in target.parents:
+        *dirs, leaf = rel_parts(str(target.relative_to(dest.path)), "--output-filename")
+        where = dest.walk(dirs, create=True)
+    else:  # outside the output directory: the user's own place
+        leaf = target.name
+        where = SafeDir.open(target.parent, create=True)
+    with where, where.private_dir() as private:
         made = private.path / "image"
-        if name.endswith((".qcow2", ".qcow")):
+        if leaf.endswith((".qcow2", ".qcow")):
             qemu_img.convert(raw, made, src_format="raw", dst_format="qcow2", compress=True)
         else:
-            tools.run(["cp", "--sparse=always", raw, made], disk_hint=str(dest.path))
-        dest.take(private, "image", name)
+            tools.run(["cp", "--sparse=always", raw, made], disk_hint=str(where.path))
+        where.take(private, "image", leaf)
 
 
 def write_status(out_dir: Path, status: dict[str, Any]) -> None:
