@@ -234,9 +234,9 @@ class ProjectServer:
         head, sep, data = body.partition(b"<data>\n")
         text = head.decode(errors="replace")
         if "<get_file_size>" in text:
-            name = _tag(text, "get_file_size") or ""
+            asked = _tag(text, "get_file_size") or ""
             with self._cond:
-                size = len(self.uploads.get(name, b""))
+                size = len(self.uploads.get(asked, b""))
             return (
                 "<data_server_reply><status>0</status>"
                 f"<file_size>{size}</file_size></data_server_reply>\n"

@@ -3,10 +3,13 @@ client and our project server: a job of host tasks, so no QEMU here."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +18,7 @@ from tests.boinc.jobs import host_job_files, lines
 from tests.boinc.server import Job, ProjectServer
 from tests.conftest import run_vmwu
 from tests.integration.conftest import Vmwu
+from tests.integration.sweeps import wait_for
 
 
 @pytest.fixture
@@ -94,3 +98,57 @@ def test_missing_tool_postpones_the_task(
     assert job.result not in server.reports, "no computation error is reported"
     task = client.get_task(job.result)
     assert task is not None and task.get("state") != "compute error"
+
+
+def test_wrapper_ends_when_the_client_dies(
+    tmp_path: Path, server: ProjectServer, boinc_client: Callable[[App], BoincClient]
+) -> None:
+    """kill -9 of the client: the wrapper notices (the client's pid is gone), stops its
+    task and exits; nothing it started is left."""
+    files = {"vmwu-wrap.sh": venv_wrapper(tmp_path), **host_job_files(tmp_path / "app", 0.5)}
+    job = server.add_job(
+        Job("orphan1", "vmwu", inputs={"in.txt": lines(200)}, outputs=("out.txt",))
+    )
+    client = boinc_client(App("vmwu", files))
+    client.start()
+    slot = client.slot()
+
+    def progressing() -> dict[str, Any] | None:
+        s = _status(slot)
+        return s if s.get("state") == "running" and (s.get("task") or {}).get("fraction") else None
+
+    status = client.wait_for(progressing, "the host task to make progress")
+    wrapper = int(status["pid"])
+    client.kill()
+    wait_for(lambda: not _alive(wrapper), 120, "the wrapper to exit")
+    log = (slot / "stderr.txt").read_text()
+    assert "BOINC client no longer exists - exiting" in log
+    assert "stopped (the client is gone)" in log
+    assert not [p for p in _processes() if "work.sh" in p], "the host task is gone too"
+    assert job.result not in server.reports
+
+
+def _status(slot: Path) -> dict[str, Any]:
+    try:
+        return json.loads((slot / "wrapper_status.json").read_text())  # type: ignore[no-any-return]
+    except (OSError, ValueError):
+        return {}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _processes() -> list[str]:
+    out = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+            except OSError:
+                pass
+    return out
