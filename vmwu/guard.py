@@ -29,10 +29,11 @@ twice. :func:`vmwu.tools.spawn` (``tree=True``) starts such a command under this
 - The command gets ``PR_SET_PDEATHSIG`` = SIGKILL: if the guard itself is killed with -9,
   its command dies too (its descendants may then survive: do not SIGKILL the guard alone).
 
-Protocol (vmwu side in :mod:`vmwu.tools`): ``guard LIFELINE_FD STATUS_FD SESSION GRACE --
-ARGV...``. The guard writes one line on STATUS_FD and closes it: ``ok PID`` once the
-command runs, ``exec ERRNO`` if it could not be executed (the guard then exits 127), or
-``gone`` if vmwu died before the command was started.
+Protocol (vmwu side in :mod:`vmwu.tools`): ``guard LIFELINE_FD STATUS_FD SESSION GRACE
+PROGRAM -- ARGV...`` (PROGRAM, a path, is executed with ARGV as it is, ARGV[0] included).
+The guard writes one line on STATUS_FD and closes it: ``ok PID`` once the command runs,
+``exec ERRNO`` if it could not be executed (the guard then exits 127), or ``gone`` if vmwu
+died before the command was started.
 
 This module uses the standard library only and imports nothing of vmwu: it runs in
 ``python -I -S`` (no site: a bare interpreter start-up plus this module's imports, about
@@ -177,7 +178,7 @@ class Guard:
 
     # -- the command -------------------------------------------------------------------------
 
-    def start(self, argv: list[str]) -> int | None:
+    def start(self, program: str, argv: list[str]) -> int | None:
         """Fork and exec the command; its errno if it could not be executed."""
         err_r, err_w = os.pipe()  # close-on-exec: EOF means the exec worked
         pid = os.fork()
@@ -195,7 +196,7 @@ class Guard:
                     os.setsid()
                 else:
                     os.setpgid(0, 0)
-                os.execvp(argv[0], argv)
+                os.execv(program, argv)
             except OSError as exc:
                 os.write(err_w, str(exc.errno or 0).encode())
             except BaseException:
@@ -278,11 +279,11 @@ class Guard:
             except OSError:
                 pass
 
-    def run(self, argv: list[str]) -> int:
+    def run(self, program: str, argv: list[str]) -> int:
         if self.vmwu_gone():
             self.report("gone")
             return 1
-        failed = self.start(argv)
+        failed = self.start(program, argv)
         if failed is not None:
             self.report(f"exec {failed}")
             return 127
@@ -316,10 +317,10 @@ class Guard:
 
 
 def main(argv: list[str]) -> int:
-    """``LIFELINE_FD STATUS_FD SESSION GRACE -- COMMAND...``"""
+    """``LIFELINE_FD STATUS_FD SESSION GRACE PROGRAM -- ARGV...``"""
     try:
         sep = argv.index("--")
-        lifeline, status, session, grace = argv[:sep]
+        lifeline, status, session, grace, program = argv[:sep]
         command = argv[sep + 1 :]
         if not command:
             raise ValueError("no command")
@@ -330,7 +331,7 @@ def main(argv: list[str]) -> int:
     # Nothing of vmwu's reaches the command but stdin, stdout and stderr.
     os.set_inheritable(guard.lifeline, False)
     os.set_inheritable(guard.status, False)
-    return guard.run(command)
+    return guard.run(program, command)
 
 
 def dispatch() -> None:

@@ -90,14 +90,16 @@ Arg = str | os.PathLike[str]
 _SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
 
-def which(tool: str) -> str:
-    """Absolute path of ``tool``; also looks in the sbin directories (mkfs.ext4, debugfs)
-    that are not on an ordinary user's PATH."""
+def which(tool: str, *, path: str | None = None, cwd: str | None = None) -> str:
+    """Absolute path of ``tool`` (looked up in ``path``, default $PATH; a name with a
+    ``/`` is taken relative to ``cwd``); also looks in the sbin directories (mkfs.ext4,
+    debugfs) that are not on an ordinary user's PATH."""
     if os.sep in tool:
-        if os.access(tool, os.X_OK):
-            return tool
+        where = os.path.join(cwd, tool) if cwd is not None else tool
+        if os.access(where, os.X_OK) and not os.path.isdir(where):
+            return where
         raise ToolNotFound(tool, TOOL_PACKAGES.get(Path(tool).name))
-    found = shutil.which(tool)
+    found = shutil.which(tool, path=path)
     if found is None:
         extra = os.pathsep.join(_SBIN_DIRS)
         found = shutil.which(tool, path=extra)
@@ -123,7 +125,7 @@ Stream = int | IO[Any] | None
 _libc: Any = None
 
 
-def _die_with_parent() -> Callable[[], None]:
+def parent_death_preexec() -> Callable[[], None]:
     """A ``preexec_fn`` that ties the child to this process (to the calling thread)."""
     global _libc
     if _libc is None:
@@ -318,6 +320,7 @@ def spawn(
     session: bool = False,
     die_with_parent: bool = True,
     grace: float = GRACE,
+    executable: Arg | None = None,
     _what: str = "spawn",
 ) -> Process:
     """Start a long-running program; it dies with this process (see the module's text).
@@ -328,29 +331,35 @@ def spawn(
     :mod:`vmwu.guard`, always in a process group of its own, and what it leaves running
     when it ends is ended (SIGTERM, ``grace`` seconds, SIGKILL). ``die_with_parent=False``
     is for a vmwu process that is meant to outlive its starter (a sweep job under Dask)
-    and ties its own children to itself. A program that cannot be executed raises
-    :class:`ToolNotFound`.
+    and ties its own children to itself. ``executable``: the program to run, when
+    ``argv[0]`` is to be something else. The program is looked up in the PATH of ``env``
+    (else vmwu's); one that is missing or cannot be executed raises :class:`ToolNotFound`
+    (from the ``OSError`` of its ``exec``, if it came that far).
     """
     args = [os.fspath(a) for a in argv]
-    args[0] = which(args[0])
     where = os.fspath(cwd) if cwd is not None else None
+    wanted = os.fspath(executable) if executable is not None else args[0]
+    program = which(wanted, path=(env or {}).get("PATH"), cwd=where)
+    if executable is None:
+        args[0] = program
     full_env = _merged_env(env)
     if tree:
         if not die_with_parent:
             raise ValueError("a guarded tree always dies with its parent")
         log.debug("%s (guarded tree): %s", _what, shlex.join(args))
-        return _spawn_guarded(args, stdin, stdout, stderr, full_env, where, session, grace)
+        return _spawn_guarded(program, args, stdin, stdout, stderr, full_env, where, session, grace)
     log.debug("%s: %s", _what, shlex.join(args))
     try:
         popen = subprocess.Popen(
             args,
+            executable=program,
             stdin=stdin,
             stdout=stdout,
             stderr=stderr,
             env=full_env,
             cwd=where,
             start_new_session=session,
-            preexec_fn=_die_with_parent() if die_with_parent else None,
+            preexec_fn=parent_death_preexec() if die_with_parent else None,
         )
     except OSError as exc:
         raise _start_failed(args[0], exc, where) from exc
@@ -358,6 +367,7 @@ def spawn(
 
 
 def _spawn_guarded(
+    program: str,
     args: list[str],
     stdin: Stream,
     stdout: Stream,
@@ -370,6 +380,7 @@ def _spawn_guarded(
     life_r, life_w = os.pipe()  # the guard's lifeline: only this process holds the write end
     stat_r, stat_w = os.pipe()
     argv = [*guard_command(), str(life_r), str(stat_w), "1" if session else "0", f"{grace:g}"]
+    argv.append(program)
     try:
         try:
             popen = subprocess.Popen(
