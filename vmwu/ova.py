@@ -1126,6 +1126,21 @@ class OvaReader:
         if digest.hexdigest() != self.manifest[f.href]:
             raise self._mismatch(f.href)
 
+    def identity(self) -> str:
+        """A name for the exact file being read (device, inode, size, mtime and ctime of
+        the open file): the node cache remembers a verified unit under it, and any change
+        to the file (a copy over it, an edit, even a ``touch``) gives another name."""
+        st = os.fstat(self._raw.fileno())
+        ident = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+        return hashlib.sha256(ident.encode()).hexdigest()[:40]
+
+    def verify_member(self, href: str) -> None:
+        """Hash embedded member ``href`` against the manifest (UnitError if it differs)."""
+        f = next((f for f in self.descriptor.embedded_files() if f.href == href), None)
+        if f is None:
+            raise ValueError(f"{href!r} is not an embedded member of {self.path}")
+        self._copy(f, None, None, 0, f.size)
+
     def verify(self, progress: Progress | None = None) -> None:
         """Hash every embedded member against the manifest (and so the descriptor)."""
         files = self.descriptor.embedded_files()
