@@ -301,7 +301,7 @@ def unit_home(tmp_path_factory: pytest.TempPathFactory) -> Packed:
 
 
 def no_marker(marker: bytes, *where: Path) -> None:
-    for root in where:
+    for root in (w for w in where if w.exists()):
         for path in [root] if root.is_file() else root.rglob("*"):
             if path.is_file() and not path.is_symlink():
                 assert marker not in path.read_bytes(), path
@@ -327,7 +327,9 @@ def test_run_and_inspect_refuse_a_hostile_unit(
     assert_only_status(tmp_path / "out", result)
     result = home("inspect", evil)
     one_error_line(result, BAD_INPUT, f"{role} ", "is refused", img.phrase)
-    no_marker(hostile[1], tmp_path / "out", home.cache)
+    result = home("extract", evil, tmp_path / "dest", "--component", role.value)
+    one_error_line(result, BAD_INPUT, f"{role} ", "is refused", img.phrase)
+    no_marker(hostile[1], tmp_path / "out", home.cache, tmp_path / "dest")
 
 
 @pytest.mark.parametrize("option", ["--input-image", "--output-image"])

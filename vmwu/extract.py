@@ -47,7 +47,12 @@ def extract(image: Path, dest: Path, *, component: str = "output-disk") -> list[
                     raise BadInput(f"{image} has no embedded {component}")
                 disk = tmp / f.href
                 reader.extract(f.href, disk)
-                fmt = f.format
+                fmt = inspect.check(  # before qemu-img converts it (docs/security-images.md)
+                    inspect.gather(disk),
+                    what=f"{f.role} {f.href} of {image}",
+                    declared=f.format,
+                    capacity=f.capacity,
+                )
         else:
             # an image from outside (a guest wrote it): inspected, never probed by qemu-img
             disk = image
