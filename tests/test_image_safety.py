@@ -36,7 +36,7 @@ from tests.test_bad_input import (
 )
 from vmwu import resolve, tools
 from vmwu.cache import NodeCache
-from vmwu.errors import ExitCode
+from vmwu.errors import ExitCode, UnitError
 from vmwu.images import ext4, inspect, qemu_img
 from vmwu.ova import OvaReader, file_sha256, write_ova
 from vmwu.unit import FileRole
@@ -407,6 +407,26 @@ def test_a_corrupt_member_is_refused_even_when_the_cache_has_its_content(
     add_fake_base(empty)
     result = empty("run", corrupt, "--quiet", "--output-directory", tmp_path / "o4")
     one_error_line(result, BAD_INPUT, "manifest mismatch for", app.href)
+
+
+def test_a_member_cached_meanwhile_by_another_vmwu_is_still_verified(
+    unit_home: Packed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race: the cache has no blob for a member when the unit is checked, another vmwu
+    (with another unit of the same content) adds it before this one extracts it."""
+    cache = NodeCache(tmp_path / "cache")
+    with OvaReader(unit_home.unit) as reader:  # the content, from the good unit
+        resolve.resolve_files(reader.descriptor, reader, cache, unit_home.home.catalog)
+        app = reader.descriptor.file(FileRole.APP_DISK)
+    assert app is not None
+    data = bytearray(unit_home.unit.read_bytes())
+    data[_member_offset(unit_home.unit, app.href) + 1000] ^= 0xFF
+    corrupt = tmp_path / "corrupt.ova"
+    corrupt.write_bytes(bytes(data))
+    monkeypatch.setattr(NodeCache, "blob", lambda self, sha: None)  # "not there yet"
+    with OvaReader(corrupt) as reader, pytest.raises(UnitError, match="manifest mismatch"):
+        resolve.resolve_files(reader.descriptor, reader, cache, unit_home.home.catalog)
+    assert len(list((tmp_path / "cache" / "derived").glob("verified-*"))) == 1  # the good one
 
 
 def test_a_verified_unit_is_not_hashed_again_until_it_changes(

@@ -105,9 +105,15 @@ def _base_file(
     reader: OvaReader,
     cache: NodeCache,
     catalog_path: Path | None,
+    hashed: set[str],
 ) -> Path:
     if f.embedded:
-        return _blob(cache, f.sha256, lambda tmp: reader.extract(f.href, tmp), disk=f.is_disk)
+
+        def extract(tmp: Path) -> None:
+            reader.extract(f.href, tmp)  # hashed against the manifest on the way
+            hashed.add(f.href)
+
+        return _blob(cache, f.sha256, extract, disk=f.is_disk)
     cached = cache.blob(f.sha256)
     if cached is not None:
         return cached
@@ -160,17 +166,19 @@ def _verify_unit(
     reader: OvaReader,
     cache: NodeCache,
     skipped: set[str],
+    hashed: set[str],
 ) -> Path | None:
-    """Hash the embedded members that will not be extracted now (their content is in the
-    cache already, or an option replaces them) against the manifest, unless this very
-    file was verified before. Returns the record to write once the rest is verified too
-    (None: nothing to write)."""
+    """Unless this very file was verified before: hash the embedded members that will not
+    be extracted now (their content is in the cache already, or an option replaces them)
+    against the manifest, adding them to ``hashed``. Returns the record to write once
+    every member is in ``hashed`` (None: the file was verified before)."""
     record = cache.derived_path("verified-" + reader.identity())
     if record.exists():
         return None
     for f in desc.embedded_files():
         if f.href in skipped or cache.blob(f.sha256) is not None:
             reader.verify_member(f.href)
+            hashed.add(f.href)
     return record
 
 
@@ -185,7 +193,8 @@ def resolve_files(
     output_image: Path | None = None,
 ) -> ResolvedDisks:
     skipped = {f.href for f in desc.files if _skipped(f, base_override, input_image, output_image)}
-    verified_record = _verify_unit(desc, reader, cache, skipped)
+    hashed: set[str] = set()
+    verified_record = _verify_unit(desc, reader, cache, skipped, hashed)
     base_disk = desc.file(FileRole.BASE_DISK)
     found: dict[FileRole, tuple[Path, str]] = {}
     for f in desc.files:
@@ -197,7 +206,7 @@ def resolve_files(
             continue
         if f.href in skipped:
             continue
-        path = _base_file(f, desc, reader, cache, catalog_path)
+        path = _base_file(f, desc, reader, cache, catalog_path, hashed)
         fmt = f.format
         if f.is_disk:
             # the one backing file allowed: a guest-packages layer over its base disk's
@@ -229,6 +238,9 @@ def resolve_files(
         if role not in found:
             raise BadInput(f"the unit has no {role}")
     if verified_record is not None:
+        for f in desc.embedded_files():
+            if f.href not in hashed:  # another vmwu put its content in the cache meanwhile
+                reader.verify_member(f.href)
         verified_record.parent.mkdir(parents=True, exist_ok=True)
         verified_record.touch()
     kernel = initrd = None
