@@ -18,6 +18,7 @@ import os
 import secrets
 import struct
 import subprocess
+import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -483,3 +484,24 @@ def test_a_new_blob_comes_with_its_facts(tmp_path: Path) -> None:
     assert inspect.load(cache.derived_path(f"{sha}.inspect.json")) == inspect.gather(blob)
     kernel = resolve._blob(cache, "0" * 64, lambda tmp: tmp.write_bytes(b"k"), disk=False)
     assert kernel.exists() and not cache.derived_path(f"{'0' * 64}.inspect.json").exists()
+
+
+def test_a_warm_run_does_not_import_the_inspector(tmp_path: Path) -> None:
+    """Once the cache knows a unit's blobs and file, ``vmwu run`` reads the remembered facts
+    and never imports oslo.utils (~0.24 s here); a cold cache does."""
+    home = Home(tmp_path / "vmwu-home", tmp_path)
+    add_fake_base(home)
+    write_app(tmp_path)
+    (tmp_path / "u.toml").write_text(GOOD_SPEC)
+    assert home("pack", "u.toml", "-q", "-o", tmp_path / "u.ova").returncode == 0
+
+    def imports(out: str) -> str:
+        argv = [sys.executable, "-X", "importtime", "-m", "vmwu", "run", tmp_path / "u.ova"]
+        argv += ["--quiet", "--output-directory", tmp_path / out]
+        env = {**os.environ, **home.env}
+        proc = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True)
+        assert proc.returncode == ExitCode.VM_CRASHED, proc.stderr  # the fake kernel
+        return proc.stderr
+
+    assert "oslo_utils.imageutils.format_inspector" in imports("o1")
+    assert "oslo_utils" not in imports("o2")
