@@ -401,8 +401,10 @@ def _refuse_declaration(*_args: object) -> NoReturn:
 
 def _parse_xml(data: bytes, where: str) -> ET.Element:
     """Parse untrusted XML: DTDs (hence entities, billion laughs, external entities) are
-    refused by a first expat pass that stops at the ``<!DOCTYPE``, before any expansion."""
-    scanner = expat.ParserCreate()
+    refused by a first expat pass that stops at the ``<!DOCTYPE``, before any expansion.
+    The bytes are read as UTF-8 whatever encoding the XML declaration names (a descriptor
+    is UTF-8; an unknown name made the parser raise LookupError, found by the fuzzer)."""
+    scanner = expat.ParserCreate(encoding="UTF-8")
     scanner.StartDoctypeDeclHandler = _refuse_declaration
     scanner.EntityDeclHandler = _refuse_declaration
     scanner.ExternalEntityRefHandler = _refuse_declaration
@@ -413,12 +415,14 @@ def _parse_xml(data: bytes, where: str) -> ET.Element:
             f"{where} contains a DOCTYPE or ENTITY declaration, which vmwu refuses "
             "(a descriptor never needs one; this may be an attack)"
         ) from None
-    except expat.ExpatError as err:
-        raise UnitError(f"{where} is not well-formed XML: {err}") from None
+    except (expat.ExpatError, LookupError, ValueError) as err:
+        raise UnitError(f"{where} is not well-formed XML (UTF-8): {err}") from None
     try:
-        return ET.fromstring(data)
-    except ET.ParseError as err:  # pragma: no cover - the scan above catches these
-        raise UnitError(f"{where} is not well-formed XML: {err}") from None
+        parser = ET.XMLParser(encoding="UTF-8")
+        parser.feed(data)
+        return parser.close()
+    except (ET.ParseError, LookupError, ValueError) as err:  # pragma: no cover - scanned above
+        raise UnitError(f"{where} is not well-formed XML (UTF-8): {err}") from None
 
 
 class _Reader:
