@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from tests.test_bad_input import GOOD_SPEC, Home, add_fake_base, write_app
-from vmwu.images import ext4, qemu_img
+from vmwu.images import ext4_read, qemu_img
 
 
 def run_in_pty(
@@ -54,7 +54,7 @@ def _autorun(unit: Path, tmp: Path) -> str:
         tar.extract("u-app.qcow2", tmp, filter="data")
     raw = tmp / "app.raw"
     qemu_img.convert(tmp / "u-app.qcow2", raw, src_format="qcow2", dst_format="raw")
-    data = ext4.read_file(raw, "/.vmwu/bin/autorun.sh")
+    data = ext4_read.read_file(raw, "/.vmwu/bin/autorun.sh")
     assert data is not None
     return data.decode()
 

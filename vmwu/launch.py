@@ -79,7 +79,7 @@ def run_unit(opts: RunOptions, *, on_update: Update | None = None) -> RunResult:
         if machine is not None:
             machine.shutdown(timeout=2.0)
         err = Interrupted("interrupted; partial outputs kept in " + str(prepared.out_dir))
-        salvage(prepared.inst, prepared.out_dir, err)
+        salvage(prepared.inst, prepared.out_dir, err, opts.output_filename)
         raise err from None
     finally:
         if machine is not None:
