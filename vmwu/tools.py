@@ -98,6 +98,7 @@ class Limits:
 
     cpu_seconds: int | None = None  # RLIMIT_CPU: SIGXCPU, then SIGKILL
     address_space: int | None = None  # RLIMIT_AS, bytes: allocations beyond it fail
+    file_size: int | None = None  # RLIMIT_FSIZE, bytes: SIGXFSZ when a file would grow past it
 
     def apply(self) -> None:
         """Set the limits on the calling process (runs in the child between fork and
@@ -106,6 +107,8 @@ class Limits:
             resource.setrlimit(resource.RLIMIT_CPU, (self.cpu_seconds, self.cpu_seconds))
         if self.address_space is not None:
             resource.setrlimit(resource.RLIMIT_AS, (self.address_space, self.address_space))
+        if self.file_size is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (self.file_size, self.file_size))
 
 
 def child_setup(*, limits: Limits | None = None) -> Callable[[], None] | None:
