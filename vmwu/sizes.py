@@ -74,6 +74,13 @@ def parse_size(text: str | int) -> int:
     return size
 
 
+def format_over(n: int, limit: int) -> str:
+    """``n`` as :func:`format_size` shows it, or in bytes when that would look like
+    ``limit`` (15.0001T is "15.0 TiB" too)."""
+    shown = format_size(n)
+    return f"{n} bytes" if shown == format_size(limit) else shown
+
+
 def format_size(n: int) -> str:
     """``n`` bytes as a short human string (binary units)."""
     value = float(n)

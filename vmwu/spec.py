@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 from vmwu.errors import BadInput, SpecError
 from vmwu.options import OptionDef, RawValue, Resolved, normalize, read_config, resolve
 from vmwu.options import OptionKind as K
-from vmwu.sizes import MAX_DISK_SIZE, format_size
+from vmwu.sizes import MAX_DISK_SIZE, format_over, format_size
 
 MiB = 1024**2
 
@@ -361,7 +361,7 @@ def validate_spec(spec: Spec) -> None:
         if size > MAX_DISK_SIZE:
             fail(
                 name,
-                f"{name} {format_size(size)} is over the maximum disk size of "
+                f"{name} {format_over(size, MAX_DISK_SIZE)} is over the maximum disk size of "
                 f"{format_size(MAX_DISK_SIZE)}",
                 "an ext4 output disk costs the host only what the guest writes to it: "
                 "ask for what the application may write",

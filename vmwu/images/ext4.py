@@ -68,17 +68,18 @@ FLEX_BG_GROUPS = "1024"
 
 def check_size(size: int, fstype: str, what: str) -> None:
     """Refuse a disk that vmwu will not make (one line naming ``what``)."""
-    from vmwu.sizes import MAX_DISK_SIZE, format_size
+    from vmwu.sizes import MAX_DISK_SIZE, format_over, format_size
 
     if fstype != "ext4" and size > MAX_ZEROED_ITABLE_DISK:
         raise BadInput(
-            f"{what} is {format_size(size)}: an {fstype} disk can be at most "
-            f"{format_size(MAX_ZEROED_ITABLE_DISK)} (its inode tables are written whole)",
+            f"{what} is {format_over(size, MAX_ZEROED_ITABLE_DISK)}: an {fstype} disk can be "
+            f"at most {format_size(MAX_ZEROED_ITABLE_DISK)} (its inode tables are written whole)",
             hint='use ext4 (base-image-filesystem = "ext4"), whose disks cost what they hold',
         )
     if size > MAX_DISK_SIZE:
         raise BadInput(
-            f"{what} is {format_size(size)}: a disk can be at most {format_size(MAX_DISK_SIZE)}"
+            f"{what} is {format_over(size, MAX_DISK_SIZE)}: a disk can be at most "
+            f"{format_size(MAX_DISK_SIZE)}"
         )
 
 

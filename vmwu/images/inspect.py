@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from vmwu.errors import BadInput, ToolFailed
-from vmwu.sizes import MAX_DISK_SIZE, format_size
+from vmwu.sizes import MAX_DISK_SIZE, format_over, format_size
 
 if TYPE_CHECKING:
     from oslo_utils.imageutils.format_inspector import FileInspector
@@ -375,7 +375,7 @@ def check(
         raise refuse("it has no capacity")
     if facts.virtual_size > MAX_DISK_SIZE:
         raise refuse(
-            f"its capacity {format_size(facts.virtual_size)} is over vmwu's maximum "
+            f"its capacity {format_over(facts.virtual_size, MAX_DISK_SIZE)} is over vmwu's maximum "
             f"of {format_size(MAX_DISK_SIZE)}"
         )
     if capacity is not None and capacity != facts.virtual_size:
