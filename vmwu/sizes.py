@@ -9,7 +9,6 @@ refused, not rounded or overflowed), and bounded: a size is at most :data:`MAX_S
 from __future__ import annotations
 
 import re
-from decimal import Decimal, localcontext
 
 KiB = 1024
 MiB = 1024**2
@@ -66,9 +65,14 @@ def parse_size(text: str | int) -> int:
     whole = number.partition(".")[0].lstrip("0")
     if len(whole) > len(str(MAX_SIZE)):  # hundreds of digits: too large, whatever the unit
         raise ValueError(f"size {shown!r} is too large (at most {format_size(MAX_SIZE)})")
-    with localcontext() as ctx:
-        ctx.prec = 80  # exact for every numeral that got this far
-        size = int(Decimal(number) * factor)
+    if "." in number:
+        from decimal import Decimal, localcontext  # only here: `vmwu run` never needs it
+
+        with localcontext() as ctx:
+            ctx.prec = 80  # exact for every numeral that got this far
+            size = int(Decimal(number) * factor)
+    else:
+        size = int(number) * factor
     if size > MAX_SIZE:
         raise ValueError(f"size {shown!r} is too large (at most {format_size(MAX_SIZE)})")
     return size
