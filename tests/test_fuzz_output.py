@@ -26,8 +26,21 @@ EXAMPLES = int(os.environ.get("VMWU_FUZZ_EXAMPLES", "60"))
 IMAGE_SIZE = 1 << 20
 
 
+class Seeds:
+    """The seed images (kept out of hypothesis's reports: they are a megabyte each)."""
+
+    def __init__(self, images: dict[str, bytes]) -> None:
+        self._images = images
+
+    def __getitem__(self, which: str) -> bytes:
+        return self._images[which]
+
+    def __repr__(self) -> str:
+        return f"Seeds({', '.join(self._images)})"
+
+
 @pytest.fixture(scope="module")
-def seeds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+def seeds(tmp_path_factory: pytest.TempPathFactory) -> Seeds:
     base = tmp_path_factory.mktemp("seeds")
     src = base / "src"
     (src / "d" / "e").mkdir(parents=True)
@@ -41,7 +54,7 @@ def seeds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     for name, extents in (("extents", True), ("blockmaps", False)):
         image = make_fs(base / f"{name}.img", src, size=IMAGE_SIZE, extents=extents)
         out[name] = image.read_bytes()
-    return out
+    return Seeds(out)
 
 
 def used_blocks(image: bytes) -> list[int]:
@@ -77,7 +90,7 @@ def patches(draw: st.DrawFn, seed: bytes) -> list[tuple[int, bytes]]:
 )
 @given(which=st.sampled_from(["extents", "blockmaps"]), data=st.data())
 def test_read_back_of_a_damaged_disk(
-    tmp_path: Path, seeds: dict[str, bytes], which: str, data: st.DataObject
+    tmp_path: Path, seeds: Seeds, which: str, data: st.DataObject
 ) -> None:
     changes = data.draw(patches(seeds[which]))
     work = tmp_path / "case"
@@ -143,7 +156,7 @@ def command(op: tuple[object, ...]) -> str:
 )
 @given(which=st.sampled_from(["extents", "blockmaps"]), ops=st.lists(OPS, min_size=1, max_size=6))
 def test_read_back_of_a_disk_with_forged_inodes(
-    tmp_path: Path, seeds: dict[str, bytes], which: str, ops: list[tuple[object, ...]]
+    tmp_path: Path, seeds: Seeds, which: str, ops: list[tuple[object, ...]]
 ) -> None:
     """Inode fields and directory entries set to what a guest likes, with debugfs -w."""
     work = tmp_path / "case"

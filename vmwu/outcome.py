@@ -24,7 +24,7 @@ from vmwu.errors import (
     VmwuError,
 )
 from vmwu.events import InstanceState
-from vmwu.hostfs import SafeDir
+from vmwu.hostfs import SafeDir, rel_parts
 from vmwu.images import ext4_read, qemu_img
 from vmwu.instance import CONSOLE_LOG, STATUS_JSON, Prepared
 from vmwu.vmm.qemu import QemuMachine
@@ -41,12 +41,18 @@ class RunResult:
     cmdline: list[str] = field(default_factory=list)
 
 
-def console_tail(path: Path, lines: int = 3) -> str:
+def read_tail(path: Path, size: int = 256 * 1024) -> str:
+    """The last ``size`` bytes of a file the guest wrote (its console), as text."""
     try:
-        text = path.read_text(errors="replace")
+        with open(path, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - size))
+            return fh.read(size).decode(errors="replace")
     except OSError:
         return ""
-    rows = [r.strip() for r in text.replace("\r", "").splitlines() if r.strip()]
+
+
+def console_tail(path: Path, lines: int = 3) -> str:
+    rows = [r.strip()[:300] for r in read_tail(path).replace("\r", "").splitlines() if r.strip()]
     return " | ".join(rows[-lines:])
 
 
@@ -72,10 +78,7 @@ def classify(
             )
         return None
     tail = console_tail(console)
-    try:
-        text = console.read_text(errors="replace")
-    except OSError:
-        text = ""
+    text = read_tail(console)
     if state.agent_error:
         return GuestNeverBooted(f"the vmwu agent failed: {state.agent_error}", hint=console_hint)
     if "Kernel panic" in text:
@@ -107,7 +110,9 @@ _GUEST_STATUS_LIMIT = 64 * 1024
 def output_renames(output_filename: str | None) -> dict[str, str]:
     """vmwu's own names in the output directory: a guest's entry of such a name is written
     under the name given here, so that vmwu's file never goes through the guest's."""
-    names = [CONSOLE_LOG, STATUS_JSON] + ([output_filename] if output_filename else [])
+    names = [CONSOLE_LOG, STATUS_JSON]
+    if output_filename and "/" not in output_filename.strip("/"):
+        names.append(output_filename.strip("/"))
     return {n: f"{n}.app" for n in names}
 
 
@@ -212,16 +217,25 @@ def delta(a: float | None, b: float | None) -> float | None:
 
 
 def keep_output_image(raw: Path, dest: SafeDir, name: str) -> None:
-    """The output disk itself, kept as ``name`` in the output directory (qcow2 for a
-    .qcow2/.qcow name, else a sparse raw copy): made in a private directory of vmwu's,
-    then renamed into place."""
-    with dest.private_dir() as private:
+    """The output disk itself, kept as ``name`` (qcow2 for a .qcow2/.qcow name, else a
+    sparse raw copy), made in a private directory of vmwu's, then renamed into place.
+    ``name`` is the user's: relative to the output directory, which it may leave (the
+    thesis's ``-output-filename ../output.img``). Inside the output directory, where the
+    guest's entries are, no step of it is taken through a link."""
+    target = Path(os.path.normpath(dest.path / name))
+    if target == dest.path or dest.path in target.parents:
+        *dirs, leaf = rel_parts(str(target.relative_to(dest.path)), "--output-filename")
+        where = dest.walk(dirs, create=True)
+    else:  # outside the output directory: the user's own place
+        leaf = target.name
+        where = SafeDir.open(target.parent, create=True)
+    with where, where.private_dir() as private:
         made = private.path / "image"
-        if name.endswith((".qcow2", ".qcow")):
+        if leaf.endswith((".qcow2", ".qcow")):
             qemu_img.convert(raw, made, src_format="raw", dst_format="qcow2", compress=True)
         else:
-            tools.run(["cp", "--sparse=always", raw, made], disk_hint=str(dest.path))
-        dest.take(private, "image", name)
+            tools.run(["cp", "--sparse=always", raw, made], disk_hint=str(where.path))
+        where.take(private, "image", leaf)
 
 
 def write_status(out_dir: Path, status: dict[str, Any]) -> None:

@@ -116,3 +116,15 @@ rm -f /output/stdout.log; ln -s {secret} /output/stdout.log
     assert not (slot / "app.out").is_symlink()
     assert SECRET.encode() not in everything_under(slot)
     assert "not copied into the slot" in result.stderr
+
+
+def test_a_guest_flooding_its_console_is_stopped(vmwu: Vmwu) -> None:
+    """The emulated serial port runs at ~100 KB/s under TCG: the test lowers the limit
+    (64 MiB by default) to 300 KB through the site setting."""
+    vmwu.extra_env["VMWU_MAX_LOG_BYTES"] = str(300_000)
+    unit = vmwu.pack("yes 0123456789abcdef0123456789abcdef > /dev/console", name="flood")
+    result, out, status = vmwu.run(unit, "--timeout", "120")
+    assert result.returncode == 245, result.stderr
+    assert "wrote more than 300000 bytes to console.log" in status["error"]["message"]
+    assert (out / "console.log").stat().st_size < 2_000_000
+    assert "Traceback" not in result.stderr

@@ -36,7 +36,7 @@ from vmwu.errors import (
     VMCrashed,
     VmwuError,
 )
-from vmwu.events import EventReader, InstanceState, Phase
+from vmwu.events import EventReader, InstanceState, Phase, check_log_sizes
 from vmwu.hostfs import Report as CopyReport
 from vmwu.hostfs import SafeDir, rel_parts
 from vmwu.images import qemu_img
@@ -271,6 +271,10 @@ class VmTask:
         for event in self.events.read():
             self.state.apply(event, now)
         if code is None:
+            flood = check_log_sizes(self.events.path, machine.cfg.console_log)
+            if flood is not None:
+                machine.shutdown(timeout=2.0)
+                self.error = VMCrashed(f"{flood}; it was stopped")
             if self._boot_left is not None and not self.suspended:
                 if self.state.booted_at is not None:
                     self._boot_left = None
@@ -295,7 +299,7 @@ class VmTask:
         cfg = self.cfg
         if cfg is None or cfg.incoming is None or not self.start_how.startswith("warm"):
             return False
-        if machine.returncode in (0, None) or self.state.events:
+        if machine.returncode in (0, None) or self.state.event_count:
             return False
         self.report(f"warm start failed ({machine.qemu_log_tail()}); booting cold")
         self._cpu_done += machine.cpu_seconds
