@@ -10,10 +10,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
 import shlex
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from vmwu.errors import HostDiskFull, ToolFailed, ToolNotFound
@@ -89,6 +91,42 @@ def find(tool: str) -> str | None:
         return None
 
 
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of a child process (``setrlimit`` in the child, before exec): for
+    programs that read untrusted input, e.g. ``qemu-img info`` of an image from outside."""
+
+    cpu_seconds: int | None = None  # RLIMIT_CPU: SIGXCPU, then SIGKILL
+    address_space: int | None = None  # RLIMIT_AS, bytes: allocations beyond it fail
+    file_size: int | None = None  # RLIMIT_FSIZE, bytes: SIGXFSZ when a file would grow past it
+
+    def apply(self) -> None:
+        """Set the limits on the calling process (runs in the child between fork and
+        exec: no allocation-heavy work, no imports)."""
+        if self.cpu_seconds is not None:
+            resource.setrlimit(resource.RLIMIT_CPU, (self.cpu_seconds, self.cpu_seconds))
+        if self.address_space is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (self.address_space, self.address_space))
+        if self.file_size is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (self.file_size, self.file_size))
+
+
+def child_setup(*, limits: Limits | None = None) -> Callable[[], None] | None:
+    """The one ``preexec_fn`` of a child: every setting it needs, applied in order, or
+    None when it needs none. Settings that every child gets belong in ``steps`` too."""
+    steps: list[Callable[[], None]] = []
+    if limits is not None:
+        steps.append(limits.apply)
+    if not steps:
+        return None
+
+    def setup() -> None:
+        for step in steps:
+            step()
+
+    return setup
+
+
 def run(
     argv: Sequence[Arg],
     *,
@@ -99,10 +137,12 @@ def run(
     check: bool = True,
     stdout: int | None = subprocess.PIPE,
     disk_hint: str | None = None,
+    limits: Limits | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run an external program and wait for it.
 
-    ``env`` entries are added to the current environment. On a non-zero exit (with
+    ``env`` entries are added to the current environment. ``limits`` bounds the CPU time
+    and memory of the program (see :class:`Limits`). On a non-zero exit (with
     ``check``) raise :class:`ToolFailed`; if the program reports ENOSPC raise
     :class:`HostDiskFull` naming ``disk_hint`` (or the working directory).
     """
@@ -123,6 +163,7 @@ def run(
             cwd=os.fspath(cwd) if cwd is not None else None,
             timeout=timeout,
             check=False,
+            preexec_fn=child_setup(limits=limits),
         )
     except OSError as exc:  # exec failure: treat as missing
         if exc.errno in (errno.ENOENT, errno.EACCES):
