@@ -435,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cmdline", default="", help="kernel command line for direct boot")
     s.add_argument("--arch", default="x86_64")
     s.add_argument("--os", default="linux")
-    s.add_argument("--format", help="disk format (default: detected by qemu-img)")
+    s.add_argument("--format", help="disk format (default: what the inspection finds)")
     s.add_argument("--filesystem", default="ext4")
     s.add_argument("--script-template")
     s.add_argument("--description")

@@ -37,6 +37,7 @@ import sys
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -141,6 +142,47 @@ def parent_death_preexec() -> Callable[[], None]:
             os._exit(1)
 
     return preexec
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of a child process (``setrlimit`` in the child, before exec): for
+    programs that read untrusted input, e.g. ``qemu-img info`` of an image from outside."""
+
+    cpu_seconds: int | None = None  # RLIMIT_CPU: SIGXCPU, then SIGKILL
+    address_space: int | None = None  # RLIMIT_AS, bytes: allocations beyond it fail
+    file_size: int | None = None  # RLIMIT_FSIZE, bytes: SIGXFSZ when a file would grow past it
+
+    def apply(self) -> None:
+        """Set the limits on the calling process (runs in the child between fork and
+        exec: no allocation-heavy work, no imports)."""
+        if self.cpu_seconds is not None:
+            resource.setrlimit(resource.RLIMIT_CPU, (self.cpu_seconds, self.cpu_seconds))
+        if self.address_space is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (self.address_space, self.address_space))
+        if self.file_size is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (self.file_size, self.file_size))
+
+
+def child_setup(
+    *, limits: Limits | None = None, die_with_parent: bool = False
+) -> Callable[[], None] | None:
+    """The one ``preexec_fn`` of a child: every setting it needs, applied in order, or
+    None when it needs none (subprocess then uses vfork, which is cheaper). Settings that
+    every child gets belong in ``steps`` too."""
+    steps: list[Callable[[], None]] = []
+    if die_with_parent:  # first: nothing else runs once this process is gone
+        steps.append(parent_death_preexec())
+    if limits is not None:
+        steps.append(limits.apply)
+    if not steps:
+        return None
+
+    def setup() -> None:
+        for step in steps:
+            step()
+
+    return setup
 
 
 def guard_command() -> list[str]:
@@ -321,6 +363,7 @@ def spawn(
     die_with_parent: bool = True,
     grace: float = GRACE,
     executable: Arg | None = None,
+    limits: Limits | None = None,
     _what: str = "spawn",
 ) -> Process:
     """Start a long-running program; it dies with this process (see the module's text).
@@ -334,7 +377,8 @@ def spawn(
     and ties its own children to itself. ``executable``: the program to run, when
     ``argv[0]`` is to be something else. The program is looked up in the PATH of ``env``
     (else vmwu's); one that is missing or cannot be executed raises :class:`ToolNotFound`
-    (from the ``OSError`` of its ``exec``, if it came that far).
+    (from the ``OSError`` of its ``exec``, if it came that far). ``limits``: resource
+    limits of the program (under a guard, the guard's, which its command inherits).
     """
     args = [os.fspath(a) for a in argv]
     where = os.fspath(cwd) if cwd is not None else None
@@ -347,7 +391,9 @@ def spawn(
         if not die_with_parent:
             raise ValueError("a guarded tree always dies with its parent")
         log.debug("%s (guarded tree): %s", _what, shlex.join(args))
-        return _spawn_guarded(program, args, stdin, stdout, stderr, full_env, where, session, grace)
+        return _spawn_guarded(
+            program, args, stdin, stdout, stderr, full_env, where, session, grace, limits
+        )
     log.debug("%s: %s", _what, shlex.join(args))
     try:
         popen = subprocess.Popen(
@@ -359,7 +405,7 @@ def spawn(
             env=full_env,
             cwd=where,
             start_new_session=session,
-            preexec_fn=parent_death_preexec() if die_with_parent else None,
+            preexec_fn=child_setup(limits=limits, die_with_parent=die_with_parent),
         )
     except OSError as exc:
         raise _start_failed(args[0], exc, where) from exc
@@ -376,6 +422,7 @@ def _spawn_guarded(
     cwd: str | None,
     session: bool,
     grace: float,
+    limits: Limits | None,
 ) -> Process:
     life_r, life_w = os.pipe()  # the guard's lifeline: only this process holds the write end
     stat_r, stat_w = os.pipe()
@@ -392,6 +439,7 @@ def _spawn_guarded(
                 cwd=cwd,
                 start_new_session=True,  # no terminal signal reaches the guard
                 pass_fds=(life_r, stat_w),
+                preexec_fn=child_setup(limits=limits),  # (the guard ties itself to vmwu)
             )
         finally:
             os.close(life_r)
@@ -431,11 +479,13 @@ def run(
     disk_hint: str | None = None,
     tree: bool = False,
     grace: float = GRACE,
+    limits: Limits | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run an external program and wait for it (stderr captured).
 
     ``env`` entries are added to the current environment; ``tree`` and ``grace`` as for
-    :func:`spawn` (the program starts processes of its own). On a non-zero exit (with
+    :func:`spawn` (the program starts processes of its own). ``limits`` bounds the CPU
+    time and memory of the program (see :class:`Limits`). On a non-zero exit (with
     ``check``) raise :class:`ToolFailed`; if the program reports ENOSPC raise
     :class:`HostDiskFull` naming ``disk_hint`` (or the working directory). After
     ``timeout`` seconds the program is stopped and :class:`subprocess.TimeoutExpired`
@@ -450,6 +500,7 @@ def run(
         cwd=cwd,
         tree=tree,
         grace=grace,
+        limits=limits,
         _what="run",
     )
     try:

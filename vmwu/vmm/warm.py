@@ -99,7 +99,7 @@ def state_key(cfg: MachineConfig, executable: str, base_under: Path | None = Non
 
 def virtual_size(path: Path) -> int:
     if path.suffix == ".qcow2":
-        return int(qemu_img.info(path)["virtual-size"])
+        return qemu_img.virtual_size(path, "qcow2")
     return path.stat().st_size
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,7 +32,7 @@ def _positive(kind: type[int] | type[float], what: str) -> Callable[[str], int |
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{what} must be a number, got {text!r}") from None
-        if value <= 0:
+        if not math.isfinite(value) or value <= 0:  # float("nan") and float("inf") parse
             raise argparse.ArgumentTypeError(f"{what} must be positive, got {text}")
         return value
 

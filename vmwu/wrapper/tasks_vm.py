@@ -242,7 +242,7 @@ class VmTask:
         for drive_id, drive in drives.items():
             backing = None
             if drive.format == "qcow2":
-                info = qemu_img.info(drive.path)
+                info = qemu_img.info(drive.path, "qcow2", limits=None)  # vmwu's own overlay
                 if info.get("backing-filename"):
                     backing = (info["backing-filename"], info.get("backing-filename-format"))
             own_size = warm.virtual_size(drive.path)
