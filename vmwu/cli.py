@@ -510,6 +510,10 @@ def _run_help() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # a frozen vmwu whose entry is this function: maybe the process guard
+        from vmwu.guard import dispatch
+
+        dispatch()
     args_list = list(sys.argv[1:] if argv is None else argv)
     debug = (
         "--debug" in args_list[: args_list.index("--")]

@@ -16,17 +16,16 @@ import os
 import shlex
 import shutil
 import stat
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmwu import AGENT_VERSION, __version__, guest
+from vmwu import AGENT_VERSION, __version__, guest, tools
 from vmwu.arch import canonical_arch, parse_os
 from vmwu.catalog import BaseImage, Catalog, choose_base
-from vmwu.errors import BadInput, BaseNotFound, SpecError
+from vmwu.errors import BadInput, BaseNotFound, SpecError, ToolNotFound
 from vmwu.images import ext4, inspect, qemu_img
 from vmwu.ova import default_href, file_sha256, write_ova
 from vmwu.spec import Spec
@@ -174,9 +173,13 @@ def edit_script(script: str, spec: Spec) -> str:
     try:
         argv = shlex.split(editor) + [path]
         try:
-            code = subprocess.call(argv)
-        except OSError as exc:
-            raise BadInput(f"cannot start the editor {editor!r}: {exc.strerror}") from exc
+            # in vmwu's own process group, which has the terminal; dies with vmwu
+            with tools.spawn(argv) as proc:
+                code = proc.wait()
+        except ToolNotFound as exc:
+            cause = exc.__cause__
+            why = cause.strerror if isinstance(cause, OSError) else "not found"
+            raise BadInput(f"cannot start the editor {editor!r}: {why}") from exc
         if code != 0:
             raise BadInput(f"the editor {editor!r} exited with {code}; nothing was packed")
         return Path(path).read_text()

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.boinc.server import PLATFORM, VERSION_NUM, ProjectServer
-from vmwu.vmm.lifetime import die_with_parent
+from vmwu.tools import parent_death_preexec
 
 PASSWORD = "vmwu-test"
 CC_CONFIG = """<cc_config>
@@ -181,7 +181,7 @@ class BoincClient:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=die_with_parent(),
+                preexec_fn=parent_death_preexec(),
             )
         finally:
             log.close()

@@ -180,7 +180,7 @@ class VmTask:
         (inst / "events.jsonl").unlink(missing_ok=True)
         self.cfg = cfg
         self.events = EventReader(inst / "events.jsonl")
-        machine = QemuMachine(cfg, log_path=inst / "qemu.log", die_with_parent=True)
+        machine = QemuMachine(cfg, log_path=inst / "qemu.log")
         machine.launch()
         self.machine = machine
         self._qmp_ready = False
