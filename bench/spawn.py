@@ -62,7 +62,7 @@ def main() -> None:
     runs = parser.parse_args().runs
     # import what `vmwu run` imports, so that fork copies a realistic process
     import vmwu.cli  # noqa: F401
-    import vmwu.launch  # noqa: F401
+    import vmwu.run.launch  # noqa: F401
 
     true = tools.which("true")
     cases: dict[str, Callable[[], object]] = {

@@ -26,11 +26,12 @@ import pytest
 
 from tests.conftest import run_vmwu
 from tests.test_ova import APP, OUT, craft, edit, good_entries, make_desc, reg, special
-from vmwu import cli, resolve
+from vmwu import cli
 from vmwu.cache import NodeCache
 from vmwu.errors import ExitCode, HostDiskFull
-from vmwu.ova import OvaReader
-from vmwu.unit import FileRole
+from vmwu.run import resolve
+from vmwu.unit.model import FileRole
+from vmwu.unit.ova import OvaReader
 
 BAD_INPUT = ExitCode.BAD_INPUT
 BASE_NOT_FOUND = ExitCode.BASE_NOT_FOUND

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from vmwu.arch import canonical_arch, guest_can_run, os_matches, parse_os, qemu_system_binary
-from vmwu.catalog import (
+from vmwu.bases.catalog import (
     BaseFile,
     BaseImage,
     Catalog,
@@ -24,7 +24,7 @@ from vmwu.catalog import (
     format_choices,
 )
 from vmwu.errors import BadInput, BaseNotFound
-from vmwu.unit import BootMethod, FileRole
+from vmwu.unit.model import BootMethod, FileRole
 
 MakeBase = Callable[..., BaseImage]
 
@@ -539,7 +539,7 @@ def test_concurrent_processes(cat: Catalog, make_base: MakeBase) -> None:
     """Several vmwu processes on one node add and list at once (a fresh catalog each time:
     they also race to create the schema)."""
     script = (
-        "import sys; from pathlib import Path; from vmwu.catalog import *\n"
+        "import sys; from pathlib import Path; from vmwu.bases.catalog import *\n"
         "cat = Catalog.open(sys.argv[1])\n"
         "k = Path(sys.argv[2]); import hashlib; data = k.read_bytes()\n"
         "f = BaseFile(role='kernel', path=k, sha256=hashlib.sha256(data).hexdigest(),"

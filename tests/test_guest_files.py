@@ -14,11 +14,11 @@ import pytest
 
 from vmwu import guest
 from vmwu.errors import BadInput, SpecError
-from vmwu.events import EventReader, InstanceState, Phase
+from vmwu.guest.events import EventReader, InstanceState, Phase
 from vmwu.images import cpio
 from vmwu.images.iso import IsoEntry, write_iso
-from vmwu.params import param_entries
-from vmwu.template import TOKENS, render
+from vmwu.pack.template import TOKENS, render
+from vmwu.run.params import param_entries
 
 
 def _read_iso(path: Path) -> dict[str, bytes]:
@@ -201,7 +201,7 @@ def test_iso_names_that_collide_after_mangling(tmp_path: Path) -> None:
 
 def test_events_from_a_hostile_guest_are_bounded(tmp_path: Path) -> None:
     """Events come from the guest: a flood, an endless line, odd codes and long messages."""
-    from vmwu import events as ev
+    from vmwu.guest import events as ev
 
     path = tmp_path / "events.jsonl"
     junk = b"x" * (ev.MAX_LINE + 10)  # one line without an end, longer than any event

@@ -35,12 +35,13 @@ from tests.test_bad_input import (
     one_error_line,
     write_app,
 )
-from vmwu import resolve, tools
+from vmwu import tools
 from vmwu.cache import NodeCache
 from vmwu.errors import ExitCode, UnitError
 from vmwu.images import ext4, inspect, qemu_img
-from vmwu.ova import OvaReader, file_sha256, write_ova
-from vmwu.unit import FileRole
+from vmwu.run import resolve
+from vmwu.unit.model import FileRole
+from vmwu.unit.ova import OvaReader, file_sha256, write_ova
 
 MiB = 1024**2
 

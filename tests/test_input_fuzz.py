@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from tests.conftest import ROOT
 from vmwu.errors import VmwuError
-from vmwu.runopts import parse_run_args
-from vmwu.spec import load_spec
+from vmwu.pack.spec import load_spec
+from vmwu.run.options import parse_run_args
 from vmwu.wrapper.jobxml import parse_job
 
 EXAMPLES = int(os.environ.get("VMWU_FUZZ_EXAMPLES", "150"))

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from vmwu import ova
 from vmwu.errors import HostDiskFull, UnitError
-from vmwu.ova import (
+from vmwu.unit import ova
+from vmwu.unit.model import BaseRef, BootMethod, FileRole, GuestLayout, UnitDescriptor, UnitFile
+from vmwu.unit.ova import (
     OvaReader,
     file_sha256,
     parse_manifest,
@@ -25,7 +26,6 @@ from vmwu.ova import (
     render_ovf,
     write_ova,
 )
-from vmwu.unit import BaseRef, BootMethod, FileRole, GuestLayout, UnitDescriptor, UnitFile
 
 OVF = "{http://schemas.dmtf.org/ovf/envelope/1}"
 RASD = "{http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData}"

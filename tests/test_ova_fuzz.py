@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from tests.test_ova import APP, OUT, good_entries, make_desc
 from vmwu.errors import VmwuError
-from vmwu.ova import OvaReader, render_manifest, render_ovf
+from vmwu.unit.ova import OvaReader, render_manifest, render_ovf
 
 EXAMPLES = int(os.environ.get("VMWU_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(

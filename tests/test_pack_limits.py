@@ -29,8 +29,8 @@ from tests.test_bad_input import (
 )
 from vmwu.errors import SpecError
 from vmwu.images import ext4
+from vmwu.pack.spec import load_spec
 from vmwu.sizes import MAX_DISK_SIZE, MAX_SIZE, TiB, parse_size
-from vmwu.spec import load_spec
 
 MiB = 1024**2
 

@@ -16,12 +16,12 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.test_bad_input import Home, add_fake_base, one_error_line, write_app
-from vmwu import cloudinit
 from vmwu.bases import mmdebstrap
 from vmwu.errors import BadInput, HostFailure
 from vmwu.images import bootdisk, rootfs
-from vmwu.spec import load_spec
-from vmwu.unit import BaseRef, BootMethod, FileRole
+from vmwu.pack.spec import load_spec
+from vmwu.run import cloudinit
+from vmwu.unit.model import BaseRef, BootMethod, FileRole
 from vmwu.vmm import firmware
 from vmwu.vmm.qemu import Drive, MachineConfig, drive_args, pflash_args
 
@@ -265,8 +265,8 @@ def test_a_foreign_bootstrap_only_extracts_and_keeps_the_debs_for_the_guest(
 
 
 def test_a_bad_architecture_for_the_debian_base_is_one_line(tmp_path: Path) -> None:
+    from vmwu.bases.catalog import Catalog
     from vmwu.bases.debian import build_debian
-    from vmwu.catalog import Catalog
 
     with pytest.raises(BadInput, match="unknown architecture 'mips'"):
         build_debian(Catalog(tmp_path / "c.sqlite"), arch="mips")
@@ -466,7 +466,7 @@ def test_unknown_disk_format_is_refused(home: Home) -> None:
 def test_vmdk_cid_is_pinned_whatever_its_length(tmp_path: Path) -> None:
     """QEMU writes the random content ID with %x: 1 to 8 digits. The pinned file must not
     depend on either the value or the length."""
-    from vmwu.vmdk import pin_cid
+    from vmwu.images.vmdk import pin_cid
 
     raw = tmp_path / "r.raw"
     with open(raw, "wb") as fh:

@@ -10,7 +10,7 @@ import pytest
 
 from vmwu.errors import BadInput, SpecError
 from vmwu.options import RawValue, parse_cli, parse_gvap
-from vmwu.spec import OPTIONS, MiB, Spec, load_spec
+from vmwu.pack.spec import OPTIONS, MiB, Spec, load_spec
 
 THESIS = Path(__file__).parent / "data" / "thesis"
 DOCS = Path(__file__).parent.parent / "docs" / "spec-options.md"

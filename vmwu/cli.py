@@ -24,7 +24,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _catalog(path: Path | None):  # type: ignore[no-untyped-def]
-    from vmwu.catalog import Catalog
+    from vmwu.bases.catalog import Catalog
 
     return Catalog.open(path)
 
@@ -39,7 +39,7 @@ def _pack_args(argv: list[str]) -> tuple[str | None, str | None, str | None, boo
     """(spec, output, catalog, quiet, spec overrides) from ``vmwu pack`` arguments: pack's
     own flags, --OPTION VALUE spec overrides and the spec file, in any order."""
     from vmwu.options import OptionKind, normalize
-    from vmwu.spec import OPTIONS
+    from vmwu.pack.spec import OPTIONS
 
     kinds = {normalize(n): o.kind for o in OPTIONS for n in (o.name, *o.aliases)}
     spec = output = catalog = None
@@ -81,9 +81,9 @@ def _pack_args(argv: list[str]) -> tuple[str | None, str | None, str | None, boo
 
 def cmd_pack(args: argparse.Namespace, extra: list[str]) -> int:
     from vmwu.options import parse_cli
-    from vmwu.pack import pack
+    from vmwu.pack.build import pack
+    from vmwu.pack.spec import OPTIONS, load_spec
     from vmwu.sizes import format_size
-    from vmwu.spec import OPTIONS, load_spec
     from vmwu.ui import Steps
 
     spec_file, output, catalog, quiet, rest = _pack_args(extra)
@@ -126,8 +126,8 @@ def _interrupt(signum: int, frame: object) -> None:
 def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     import shlex
 
-    from vmwu.launch import run_unit
-    from vmwu.runopts import parse_run_args
+    from vmwu.run.launch import run_unit
+    from vmwu.run.options import parse_run_args
     from vmwu.ui import InstanceLine
 
     opts, quiet = parse_run_args(extra)
@@ -167,7 +167,7 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_extract(args: argparse.Namespace, extra: list[str]) -> int:
-    from vmwu.extract import extract
+    from vmwu.unit.extract import extract
 
     dest = Path(args.dest)
     report = extract(Path(args.image), dest, component=args.component)
@@ -179,13 +179,13 @@ def cmd_extract(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace, extra: list[str]) -> int:
-    from vmwu.extract import inspect_unit
+    from vmwu.unit.extract import inspect_unit
 
     summary = inspect_unit(Path(args.unit), verify=not args.no_verify)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        from vmwu.extract import format_summary
+        from vmwu.unit.extract import format_summary
 
         print(format_summary(summary))
     return 0
@@ -492,7 +492,7 @@ Appendix A names; -name value also works):
 
 
 def _pack_help() -> str:
-    from vmwu.spec import OPTIONS
+    from vmwu.pack.spec import OPTIONS
 
     lines = [PACK_HELP]
     for o in OPTIONS:
@@ -501,7 +501,7 @@ def _pack_help() -> str:
 
 
 def _run_help() -> str:
-    from vmwu.runopts import OPTIONS
+    from vmwu.run.options import OPTIONS
 
     lines = [RUN_HELP]
     for o in OPTIONS:

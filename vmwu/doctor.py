@@ -22,7 +22,7 @@ def diagnose(*, catalog: str | None = None) -> dict[str, Any]:
     bases: list[str] = []
     cat_error = None
     try:
-        from vmwu.catalog import Catalog
+        from vmwu.bases.catalog import Catalog
 
         bases = [
             f"{b.name} ({b.architecture}, {b.guest_os})" for b in Catalog.open(cat_path).list()

@@ -1,6 +1,6 @@
 """Options declared once, read from files and command lines, converted with their origin.
 
-A table of :class:`OptionDef` (see ``vmwu.spec.OPTIONS``) feeds the config-file readers,
+A table of :class:`OptionDef` (see ``vmwu.pack.spec.OPTIONS``) feeds the config-file readers,
 the command-line parser, ``--help`` and the docs. Readers only produce :class:`RawValue`
 lists; :func:`resolve` maps names (aliases, ``_`` ≡ ``-``, any case) to options, converts
 values by kind and remembers where each came from, so every error names ``file:line`` or

@@ -9,7 +9,7 @@ import time
 from types import TracebackType
 from typing import Any
 
-from vmwu.events import InstanceState, Phase
+from vmwu.guest.events import InstanceState, Phase
 
 
 class InstanceLine:

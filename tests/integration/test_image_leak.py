@@ -14,8 +14,8 @@ from pathlib import Path
 from tests.integration.conftest import Vmwu
 from tests.test_image_safety import rewrite_unit
 from vmwu.errors import ExitCode
-from vmwu.ova import OvaReader
-from vmwu.unit import FileRole
+from vmwu.unit.model import FileRole
+from vmwu.unit.ova import OvaReader
 
 MiB = 1024**2
 

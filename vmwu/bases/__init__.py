@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vmwu.catalog import BaseImage, Catalog
+from vmwu.bases.catalog import BaseImage, Catalog
 from vmwu.errors import BadInput
 
 BUILDERS = ("tiny", "debian")

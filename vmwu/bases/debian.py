@@ -17,7 +17,7 @@
 5. the three files are registered as one base, boot method ``direct-kernel`` with a
    ``base-disk``: QEMU loads the kernel itself (no boot loader, no menu) and the root
    disk is a per-instance qcow2 overlay. ``debian.json`` and ``dpkg-status`` beside them
-   let ``vmwu pack`` add ``guest-packages`` later (vmwu.layer).
+   let ``vmwu pack`` add ``guest-packages`` later (vmwu.pack.layer).
 
 docs/bases.md has the why of each choice and the measured times.
 """
@@ -34,12 +34,12 @@ from pathlib import Path
 from vmwu import AGENT_VERSION, guest, paths
 from vmwu.arch import canonical_arch
 from vmwu.bases import foreign, mmdebstrap
+from vmwu.bases.catalog import BaseImage, Catalog
 from vmwu.bases.register import direct_kernel_base
 from vmwu.bases.tiny import DIRS, PROFILES, applet_links, module_order
-from vmwu.catalog import BaseImage, Catalog
 from vmwu.errors import BadInput
 from vmwu.images import cpio, ext4, ext4_read, qemu_img, rootfs
-from vmwu.unit import FileRole
+from vmwu.unit.model import FileRole
 
 Step = Callable[[str], None]
 
@@ -216,7 +216,7 @@ def build_debian(
             dpkg_status = (staged.root / "var/lib/dpkg/status").read_bytes()
         qemu_img.convert(tmp / "root.raw", out / "root.qcow2", src_format="raw")
         (tmp / "root.raw").unlink()
-        # What `guest-packages` needs to resolve packages against this base (vmwu.layer):
+        # What `guest-packages` needs to resolve packages against this base (vmwu.pack.layer):
         # what is installed, where it came from, and the keys that sign it.
         (out / "dpkg-status").write_bytes(dpkg_status)
         shutil.copyfile(staged.root / "etc/apt/sources.list", out / "sources.list")

@@ -10,7 +10,7 @@ other formats a unit cannot carry), and registered with boot method ``disk`` and
 agent version. Two ways to get the work unit's auto-run script run in such a guest:
 
 - ``--via cloud-init`` (default): a cloud image. Every instance gets a NoCloud seed that
-  installs and starts the vmwu agent (vmwu.cloudinit); the default template is vmwu's.
+  installs and starts the vmwu agent (vmwu.run.cloudinit); the default template is vmwu's.
 - ``--via daemon``: the thesis's way. The image has its own script-bin daemon (thesis
   5.1.4.1) that mounts the application disk and runs ``/app/.vmwu/bin/*``; the auto-run
   script (template ``guest/templates/thesis.sh`` unless ``--script-template``) mounts the
@@ -30,12 +30,12 @@ from pathlib import Path
 
 from vmwu import guest, paths, tools
 from vmwu.arch import canonical_arch, parse_os
-from vmwu.catalog import BaseFile, BaseImage, Catalog, base_identity
-from vmwu.cloudinit import NO_AGENT
+from vmwu.bases.catalog import BaseFile, BaseImage, Catalog, base_identity
 from vmwu.errors import BadInput
 from vmwu.images import inspect, qemu_img
-from vmwu.ova import file_sha256
-from vmwu.unit import BootMethod, FileRole
+from vmwu.run.cloudinit import NO_AGENT
+from vmwu.unit.model import BootMethod, FileRole
+from vmwu.unit.ova import file_sha256
 
 Step = Callable[[str], None]
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from vmwu import AGENT_VERSION
 from vmwu.arch import canonical_arch
-from vmwu.catalog import BaseFile, BaseImage, Catalog, base_identity
+from vmwu.bases.catalog import BaseFile, BaseImage, Catalog, base_identity
 from vmwu.errors import BadInput
 from vmwu.images import inspect
-from vmwu.ova import file_sha256
-from vmwu.unit import BootMethod, FileRole
+from vmwu.unit.model import BootMethod, FileRole
+from vmwu.unit.ova import file_sha256
 
 
 def add_base(

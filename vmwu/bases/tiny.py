@@ -29,11 +29,11 @@ from pathlib import Path
 
 from vmwu import AGENT_VERSION, guest, paths, tools
 from vmwu.bases.apt import Apt
+from vmwu.bases.catalog import BaseImage, Catalog
 from vmwu.bases.register import direct_kernel_base
-from vmwu.catalog import BaseImage, Catalog
 from vmwu.errors import BadInput, VmwuError
 from vmwu.images import cpio
-from vmwu.unit import FileRole
+from vmwu.unit.model import FileRole
 
 log = logging.getLogger(__name__)
 

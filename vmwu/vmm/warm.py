@@ -33,7 +33,7 @@ from pathlib import Path
 
 from vmwu import tools
 from vmwu.errors import HostFailure
-from vmwu.events import EventReader
+from vmwu.guest.events import EventReader
 from vmwu.images import qemu_img
 from vmwu.vmm.qemu import DriveKind, MachineConfig, QemuMachine
 from vmwu.vmm.snapshot import save_vm

@@ -1,8 +1,8 @@
 """VM tasks: one instance of a work unit, driven by the wrapper instead of ``vmwu run``.
 
-The instance is prepared as ``vmwu run`` prepares it (``vmwu.instance.prepare``: node
+The instance is prepared as ``vmwu run`` prepares it (``vmwu.run.prepare.prepare``: node
 cache, overlays, output disk, instance ISO, warm start) and collected the same way
-(``vmwu.outcome.collect``), but in between the wrapper can pause it (QMP ``stop``),
+(``vmwu.run.outcome.collect``), but in between the wrapper can pause it (QMP ``stop``),
 resume it (``cont``), and checkpoint it:
 
 1. pause the VM (unless it already is), save its full state into the checkpoint
@@ -36,12 +36,12 @@ from vmwu.errors import (
     VMCrashed,
     VmwuError,
 )
-from vmwu.events import EventReader, InstanceState, Phase, check_log_sizes
+from vmwu.guest.events import EventReader, InstanceState, Phase, check_log_sizes
 from vmwu.hostfs import Report as CopyReport
 from vmwu.hostfs import SafeDir, rel_parts
 from vmwu.images import qemu_img
-from vmwu.instance import Prepared, RunOptions, prepare
-from vmwu.outcome import RunResult, collect, write_status
+from vmwu.run.outcome import RunResult, collect, write_status
+from vmwu.run.prepare import Prepared, RunOptions, prepare
 from vmwu.vmm import warm
 from vmwu.vmm.qemu import MachineConfig, QemuMachine
 from vmwu.vmm.snapshot import save_vm, wait_incoming
@@ -134,9 +134,9 @@ class VmTask:
         return unit
 
     def _pack(self, unit: Path) -> None:
-        from vmwu.catalog import Catalog
-        from vmwu.pack import pack
-        from vmwu.spec import load_spec
+        from vmwu.bases.catalog import Catalog
+        from vmwu.pack.build import pack
+        from vmwu.pack.spec import load_spec
 
         self.report(f"packing a unit for {self.label}")
         app_dir = self.task_dir / "unit-app"

@@ -127,8 +127,8 @@ def job_files(job: JobDesc, job_dir: Path) -> list[Shipped]:
 
 def base_files(units: list[Path], catalog: Path | None) -> list[Shipped]:
     """``vmwu-base-SHA256`` for each base file the units reference instead of embedding."""
-    from vmwu.catalog import Catalog
-    from vmwu.ova import OvaReader
+    from vmwu.bases.catalog import Catalog
+    from vmwu.unit.ova import OvaReader
 
     shipped: dict[str, Shipped] = {}
     for unit in units:

@@ -38,7 +38,7 @@ from typing import Any, TextIO
 from vmwu import paths
 from vmwu.arch import canonical_arch, guest_can_run, os_matches, parse_os
 from vmwu.errors import BadInput, BaseNotFound, HostDiskFull, HostFailure
-from vmwu.unit import BASE_ROLES, BootMethod, FileRole
+from vmwu.unit.model import BASE_ROLES, BootMethod, FileRole
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 30.0
@@ -254,7 +254,7 @@ def _validate(base: BaseImage) -> BaseImage:
         raise BadInput(
             f"{where}: sha256 {base.sha256[:16]}… is not the identity of its files "
             f"({identity[:16]}…)",
-            hint="compute it with vmwu.catalog.base_identity",
+            hint="compute it with vmwu.bases.catalog.base_identity",
         )
     needed = FileRole.KERNEL if base.boot_method == BootMethod.DIRECT_KERNEL else FileRole.BASE_DISK
     if base.file(needed) is None:

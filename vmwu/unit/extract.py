@@ -9,9 +9,9 @@ from typing import Any
 from vmwu.errors import BadInput
 from vmwu.hostfs import Report, SafeDir
 from vmwu.images import ext4_read, inspect, qemu_img
-from vmwu.ova import OvaReader
 from vmwu.sizes import format_size
-from vmwu.unit import FileRole
+from vmwu.unit.model import FileRole
+from vmwu.unit.ova import OvaReader
 
 
 def _is_ova(path: Path) -> bool:

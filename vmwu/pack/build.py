@@ -24,13 +24,13 @@ from pathlib import Path
 
 from vmwu import AGENT_VERSION, __version__, guest, tools
 from vmwu.arch import canonical_arch, parse_os
-from vmwu.catalog import BaseImage, Catalog, choose_base
+from vmwu.bases.catalog import BaseImage, Catalog, choose_base
 from vmwu.errors import BadInput, BaseNotFound, SpecError, ToolNotFound
 from vmwu.images import ext4, inspect, qemu_img
-from vmwu.ova import default_href, file_sha256, write_ova
-from vmwu.spec import Spec
-from vmwu.template import render
-from vmwu.unit import BaseRef, BootMethod, FileRole, GuestLayout, UnitDescriptor, UnitFile
+from vmwu.pack.spec import Spec
+from vmwu.pack.template import render
+from vmwu.unit.model import BaseRef, BootMethod, FileRole, GuestLayout, UnitDescriptor, UnitFile
+from vmwu.unit.ova import default_href, file_sha256, write_ova
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ def stage_app(spec: Spec, script: str, dest: Path) -> None:
 
 def _disk(raw: Path, qcow: Path, *, compress: bool, fmt: str = "qcow2") -> None:
     if fmt == "vmdk":  # issue 6: `pack --format vmdk` (vmwu/vmdk.py)
-        from vmwu.vmdk import write_stream_optimized
+        from vmwu.images.vmdk import write_stream_optimized
 
         write_stream_optimized(raw, qcow)
     else:
@@ -264,7 +264,7 @@ def pack(
     step("choosing the base image")
     base = select_base(spec, catalog)
     if spec.guest_packages:  # issue 6: say now, not after the disks, if the base cannot
-        from vmwu.layer import base_info
+        from vmwu.pack.layer import base_info
 
         base_info(base)
     script = autorun_script(spec, base)
@@ -397,7 +397,7 @@ def _guest_layer(
     step: Step,
     capacities: dict[str, int],
 ) -> UnitFile | None:
-    from vmwu.layer import build_layer
+    from vmwu.pack.layer import build_layer
 
     packages = spec.guest_packages or ()
     layer = build_layer(base, packages, step=step)

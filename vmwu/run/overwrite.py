@@ -10,8 +10,8 @@ from pathlib import Path
 from vmwu.cache import NodeCache
 from vmwu.errors import UnitError
 from vmwu.images import qemu_img
-from vmwu.ova import file_sha256, write_ova
-from vmwu.unit import FileRole, UnitDescriptor
+from vmwu.unit.model import FileRole, UnitDescriptor
+from vmwu.unit.ova import file_sha256, write_ova
 
 
 def overwrite_unit(

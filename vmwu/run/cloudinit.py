@@ -21,7 +21,7 @@ from pathlib import Path
 
 from vmwu import guest
 from vmwu.images.iso import IsoEntry, write_iso
-from vmwu.unit import BaseRef
+from vmwu.unit.model import BaseRef
 
 SEED_LABEL = "CIDATA"  # NoCloud looks for "cidata" in either case
 # The agent version of a base that has no vmwu agent (catalog and unit: vmwu:AgentVersion)

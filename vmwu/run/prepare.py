@@ -18,16 +18,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vmwu import cloudinit
 from vmwu.cache import NodeCache
 from vmwu.errors import BadInput
 from vmwu.images import qemu_img
 from vmwu.images.iso import IsoEntry, write_iso
-from vmwu.instance_files import cdrom_entries, file_destinations
-from vmwu.ova import OvaReader
-from vmwu.params import param_entries
-from vmwu.resolve import ResolvedDisks, resolve_files
-from vmwu.unit import BootMethod, UnitDescriptor
+from vmwu.run import cloudinit
+from vmwu.run.instance_files import cdrom_entries, file_destinations
+from vmwu.run.params import param_entries
+from vmwu.run.resolve import ResolvedDisks, resolve_files
+from vmwu.unit.model import BootMethod, UnitDescriptor
+from vmwu.unit.ova import OvaReader
 from vmwu.vmm import accel as accel_mod
 from vmwu.vmm import warm
 from vmwu.vmm.qemu import Drive, DriveKind, MachineConfig, qemu_binary

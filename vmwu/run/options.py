@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vmwu.errors import BadInput
-from vmwu.instance import RunOptions
 from vmwu.options import OptionDef, OptionKind, RawValue, Resolved, parse_cli, read_config, resolve
+from vmwu.run.prepare import RunOptions
 
 K = OptionKind
 

@@ -23,10 +23,10 @@ from vmwu.errors import (
     VMCrashed,
     VmwuError,
 )
-from vmwu.events import InstanceState
+from vmwu.guest.events import InstanceState
 from vmwu.hostfs import SafeDir, rel_parts
 from vmwu.images import ext4_read, qemu_img
-from vmwu.instance import CONSOLE_LOG, STATUS_JSON, Prepared
+from vmwu.run.prepare import CONSOLE_LOG, STATUS_JSON, Prepared
 from vmwu.vmm.qemu import QemuMachine
 
 log = logging.getLogger(__name__)

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from vmwu import __version__
 from vmwu.errors import GuestNeverBooted, GuestTimeout, Interrupted, VMCrashed, VmwuError
-from vmwu.events import EventReader, InstanceState, Phase, check_log_sizes
-from vmwu.instance import RunOptions, prepare
-from vmwu.outcome import RunResult, collect, salvage, write_status
+from vmwu.guest.events import EventReader, InstanceState, Phase, check_log_sizes
+from vmwu.run.outcome import RunResult, collect, salvage, write_status
+from vmwu.run.prepare import RunOptions, prepare
 from vmwu.vmm.qemu import MachineConfig, QemuMachine, build_argv
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def run_unit(opts: RunOptions, *, on_update: Update | None = None) -> RunResult:
         if opts.keep:
             result.status["instance_dir"] = str(prepared.inst)
         if opts.overwrite and result.error is None:
-            from vmwu.overwrite import overwrite_unit
+            from vmwu.run.overwrite import overwrite_unit
 
             overwrite_unit(
                 opts.unit, prepared.desc, prepared.inst, prepared.cache, mtime=int(time.time())

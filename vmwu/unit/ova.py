@@ -31,7 +31,7 @@ from typing import IO, Final, NoReturn
 from xml.parsers import expat
 
 from vmwu.errors import HostDiskFull, HostFailure, UnitError
-from vmwu.unit import (
+from vmwu.unit.model import (
     BaseRef,
     BootMethod,
     FileRole,

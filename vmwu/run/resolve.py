@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING
 from vmwu.cache import Filler, NodeCache
 from vmwu.errors import BadInput, BaseNotFound
 from vmwu.images import inspect
-from vmwu.ova import OvaReader
-from vmwu.unit import FileRole, UnitDescriptor, UnitFile
+from vmwu.unit.model import FileRole, UnitDescriptor, UnitFile
+from vmwu.unit.ova import OvaReader
 from vmwu.vmm.kernel import boot_kernel
 
 if TYPE_CHECKING:
-    from vmwu.catalog import Catalog
+    from vmwu.bases.catalog import Catalog
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def _copy_verified(src: Path, sha256: str, what: str) -> Filler:
 
 def _open_catalog(path: Path | None) -> Catalog:
     # imported here: a warm node resolves everything from its cache without SQLite
-    from vmwu.catalog import Catalog
+    from vmwu.bases.catalog import Catalog
 
     return Catalog.open(path)
 

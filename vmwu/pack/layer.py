@@ -34,15 +34,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vmwu import tools
+from vmwu.bases.catalog import BaseImage
 from vmwu.bases.mmdebstrap import check_names
 from vmwu.cache import NodeCache
-from vmwu.catalog import BaseImage
 from vmwu.errors import BadInput, HostFailure, ToolFailed
-from vmwu.events import EventReader, InstanceState
+from vmwu.guest.events import EventReader, InstanceState
 from vmwu.images import ext4, ext4_read, qemu_img
 from vmwu.images.iso import write_iso
-from vmwu.params import param_entries
-from vmwu.unit import FileRole
+from vmwu.run.params import param_entries
+from vmwu.unit.model import FileRole
 from vmwu.vmm.qemu import Drive, MachineConfig, QemuMachine
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ def _install_vm(
         events_log=work / "events.jsonl",
         qmp_socket=work / "qmp.sock" if len(os.fsencode(work)) < 90 else None,
     )
-    from vmwu.launch import watch  # the launcher's own loop: events, timeouts
+    from vmwu.run.launch import watch  # the launcher's own loop: events, timeouts
 
     state = InstanceState()
     with QemuMachine(cfg, log_path=work / "qemu.log") as vm:
