@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 
 from vmwu.errors import HostDiskFull
+from vmwu.hostfs import write_json_atomic
 from vmwu.sweep.driver import Driver
 from vmwu.sweep.executors import Context, Executor, Observed, Phase, Submission
 from vmwu.sweep.experiment import Experiment, SweepOptions, create, open_existing
 from vmwu.sweep.journal import IllegalTransition, Journal, State
-from vmwu.sweep.layout import Layout, write_json
+from vmwu.sweep.layout import Layout
 from vmwu.sweep.progress import SweepProgress
 
 PLAN = """parameter n integer range from 1 to 4 step 1
@@ -78,7 +79,7 @@ class FakeExecutor(Executor):
         else:
             return
         target.mkdir(parents=True)
-        write_json(target / "job.json", info)
+        write_json_atomic(target / "job.json", info)
 
     def poll(self, handles: Mapping[str, str]) -> dict[str, Observed]:
         out = {}

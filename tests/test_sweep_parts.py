@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from vmwu.sweep import procs
+from vmwu import procstat as procs
 from vmwu.sweep.executors import Phase, check_name
 from vmwu.sweep.executors.slurm import _field, phase_of
 from vmwu.sweep.journal import State

@@ -6,7 +6,3 @@ parameters and files, getting the output files and the exit code back.
 """
 
 __version__ = "0.1.0"
-
-# Version of the in-guest agent protocol (events, status.json, disk labels). Recorded in
-# the catalog and in every unit so a launcher can refuse a base it cannot talk to.
-AGENT_VERSION = "1"

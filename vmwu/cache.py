@@ -18,7 +18,6 @@ qcow2 overlays and never write them.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import secrets
@@ -30,6 +29,7 @@ from pathlib import Path
 
 from vmwu import paths
 from vmwu.errors import HostDiskFull
+from vmwu.hostfs import is_disk_full
 
 Filler = Callable[[Path], None]
 
@@ -88,7 +88,7 @@ class NodeCache:
                 os.replace(tmp, final)
             except OSError as exc:
                 tmp.unlink(missing_ok=True)
-                if exc.errno == errno.ENOSPC:
+                if is_disk_full(exc):
                     raise HostDiskFull(str(self.root)) from exc
                 raise
             except BaseException:

@@ -141,10 +141,9 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
         return 0
     with InstanceLine(opts.unit.stem, quiet=quiet) as line:
         result = run_unit(opts, on_update=line.update)
-    if opts.keep:
-        print(
-            f"vmwu: instance directory kept: {result.status.get('instance_dir')}", file=sys.stderr
-        )
+    status = result.status
+    if opts.keep and status is not None:
+        print(f"vmwu: instance directory kept: {status.instance_dir}", file=sys.stderr)
     if result.error is not None:
         # One line, like every other error (issue 3 section 8): say where the outputs are
         # unless the error's hint already names the output directory.
@@ -152,12 +151,11 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
         if str(result.output_dir) not in message:
             message += f"; outputs, console.log and status.json are in {result.output_dir}"
         print(f"vmwu: error: {message}", file=sys.stderr)
-    elif not quiet:
-        t = result.status.get("timings", {})
+    elif not quiet and status is not None and status.timings is not None:
+        t = status.timings
         print(
-            f"vmwu: {result.status.get('unit')}: exit {result.exit_code} "
-            f"(boot {t.get('boot')}s, app {t.get('app')}s, total {t.get('qemu')}s); "
-            f"outputs in {result.output_dir}",
+            f"vmwu: {status.unit}: exit {result.exit_code} "
+            f"(boot {t.boot}s, app {t.app}s, total {t.qemu}s); outputs in {result.output_dir}",
             file=sys.stderr,
         )
     return result.exit_code

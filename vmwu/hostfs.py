@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import secrets
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from vmwu.errors import HostDiskFull, HostFailure, UnsafeContent
 
@@ -73,11 +75,54 @@ def rel_parts(rel: str, where: str) -> list[str]:
     return parts
 
 
+def is_disk_full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def os_failure(exc: OSError, where: str) -> HostFailure:
-    """A host-side OSError as vmwu's own error: disk full, or one line naming the place."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    """A host-side OSError as vmwu's own error (the one place where ENOSPC becomes
+    :class:`HostDiskFull`): disk full, or one line naming the place."""
+    if is_disk_full(exc):
         return HostDiskFull(where)
     return HostFailure(f"{where}: {exc.strerror or exc}")
+
+
+# -- vmwu's own files, written whole ----------------------------------------------------------
+#
+# Files vmwu writes for itself (journals' companions, markers, state, records) are replaced
+# atomically: a reader, or a restart after a crash, sees the old file or the new one, never
+# half of one. They go through SafeDir too, so the same rules hold wherever they live.
+
+
+def write_atomic(path: Path, data: bytes, *, durable: bool = False, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data``. ``durable`` fsyncs the file and its directory
+    (survives a power cut), for state a restart depends on."""
+    with SafeDir.open(path.parent) as d:
+        d.write_atomic(path.name, data, mode=mode, durable=durable)
+
+
+def write_json_atomic(path: Path, data: Any, *, durable: bool = False) -> None:
+    """Replace ``path`` with ``data`` as indented JSON (see :func:`write_atomic`)."""
+    write_atomic(
+        path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode(), durable=durable
+    )
+
+
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` for a program or library that writes files by
+    name (qemu-img, matplotlib, tarfile); renamed over ``path`` when the block ends
+    without an error, removed otherwise."""
+    tmp = path.with_name(f".vmwu-tmp-{secrets.token_hex(6)}-{path.name}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise os_failure(exc, str(path)) from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @dataclass

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.integration.conftest import Vmwu
-from vmwu.sweep import procs
+from vmwu import procstat as procs
 
 SLEEPER = """#!/bin/sh
 # args: SECONDS CODE LABEL

@@ -21,7 +21,7 @@ from tests.integration.sweeps import (
     summary,
     wait_for,
 )
-from vmwu.sweep import procs
+from vmwu import procstat as procs
 
 
 def test_a_sweep_of_real_guests(vmwu: Vmwu) -> None:

@@ -31,13 +31,14 @@ import uuid as uuid_mod
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from vmwu import AGENT_VERSION, guest, paths
+from vmwu import guest, paths
 from vmwu.arch import canonical_arch
 from vmwu.bases import foreign, mmdebstrap
 from vmwu.bases.catalog import BaseImage, Catalog
 from vmwu.bases.register import direct_kernel_base
 from vmwu.bases.tiny import DIRS, PROFILES, applet_links, module_order
 from vmwu.errors import BadInput
+from vmwu.guest.protocol import AGENT_VERSION, Label
 from vmwu.images import cpio, ext4, ext4_read, qemu_img, rootfs
 from vmwu.unit.model import FileRole
 
@@ -194,7 +195,7 @@ def build_debian(
             tmp / "root.raw",
             staged,
             size=disk_size(rootfs.tree_size(staged.root)),
-            label="VMWU-ROOT",
+            label=Label.ROOT,
             uuid=fs_uuid,
         )
         if is_foreign:

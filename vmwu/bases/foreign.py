@@ -26,7 +26,8 @@ from vmwu import guest
 from vmwu.bases.mmdebstrap import SECOND_STAGE_DEBS
 from vmwu.errors import GuestTimeout, HostFailure
 from vmwu.images import ext4_read, rootfs
-from vmwu.vmm.qemu import Drive, MachineConfig, QemuMachine
+from vmwu.vmm.guestrun import GuestRun
+from vmwu.vmm.qemu import Drive, MachineConfig
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +64,17 @@ def run(
         drives=(Drive("root", disk, "raw"),),
         console_log=console,
     )
-    with QemuMachine(cfg, log_path=work / "qemu.log") as vm:
-        vm.launch()
-        code = vm.wait(timeout)
-        if code is None:
-            raise GuestTimeout(
-                f"the {arch} second stage did not finish in {timeout:.0f} s: {_tail(console)}",
-                hint=f"the guest's console is kept in {console}",
-            )
+    guest = GuestRun(cfg, work, timeout=timeout)  # the second stage has no agent
+    try:
+        guest.launch()
+        guest.run()
+    finally:
+        guest.stop()
+    if isinstance(guest.error, GuestTimeout):
+        raise GuestTimeout(
+            f"the {arch} second stage did not finish in {timeout:.0f} s: {_tail(console)}",
+            hint=f"the guest's console is kept in {console}",
+        )
     verdict = (ext4_read.read_file(disk, STATUS) or b"").decode(errors="replace").strip()
     if verdict != "ok":
         raise HostFailure(

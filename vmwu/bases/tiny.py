@@ -27,11 +27,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmwu import AGENT_VERSION, guest, paths, tools
+from vmwu import guest, paths, tools
 from vmwu.bases.apt import Apt
 from vmwu.bases.catalog import BaseImage, Catalog
 from vmwu.bases.register import direct_kernel_base
 from vmwu.errors import BadInput, VmwuError
+from vmwu.guest.protocol import AGENT_VERSION, KernelOption
 from vmwu.images import cpio
 from vmwu.unit.model import FileRole
 
@@ -82,7 +83,7 @@ PROFILES = {
         modules=("virtio_pci", "virtio_blk", "virtio_console", "isofs"),
         cmdline=(
             "console=ttyAMA0 quiet panic=-1 cryptomgr.notests mitigations=off nokaslr "
-            "audit=0 apparmor=0 security=none vmwu.events=/dev/hvc0"
+            f"audit=0 apparmor=0 security=none {KernelOption.EVENTS}=/dev/hvc0"
         ),
     ),
 }

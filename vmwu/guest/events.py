@@ -18,6 +18,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from vmwu.guest.protocol import AGENT_VERSION, Event, known_agent
+
 MAX_READ = 1 << 20  # bytes of events read per poll
 MAX_LINE = 64 * 1024  # an event line longer than this is dropped
 MAX_MESSAGE = 500  # characters of a progress or error message kept
@@ -63,6 +65,7 @@ class InstanceState:
     agent_error: str | None = None
     agent_version: int | None = None
     event_count: int = 0  # events applied so far
+    ready: bool = False  # a warm-start template is ready to be saved
 
     def elapsed(self, now: float | None = None) -> float:
         if not self.qemu_started:
@@ -72,28 +75,35 @@ class InstanceState:
     def apply(self, event: dict[str, Any], now: float) -> None:
         self.event_count += 1
         kind = event.get("event")
-        if kind in ("booted", "resumed"):
+        if kind in (Event.BOOTED, Event.RESUMED):
             self.booted_at = now
             self.phase = Phase.BOOTING
             agent = event.get("agent")
-            self.agent_version = agent if isinstance(agent, int) else None
-        elif kind == "started":
+            if agent is not None and not known_agent(agent):
+                self.agent_error = (
+                    f"the base's vmwu agent speaks protocol {str(agent)[:20]}, this vmwu "
+                    f"speaks {AGENT_VERSION}: rebuild the base with this vmwu"
+                )
+            self.agent_version = agent if known_agent(agent) else None
+        elif kind == Event.READY:
+            self.ready = True
+        elif kind == Event.STARTED:
             self.started_at = now
             self.phase = Phase.RUNNING
-        elif kind == "progress":
+        elif kind == Event.PROGRESS:
             fraction = event.get("fraction")
             if isinstance(fraction, int | float) and 0 <= fraction <= 1:
                 self.fraction = float(fraction)
             msg = event.get("message")
             self.message = msg[:MAX_MESSAGE] if isinstance(msg, str) else ""
-        elif kind == "exit":
+        elif kind == Event.EXIT:
             code = event.get("code")
             if isinstance(code, int) and not isinstance(code, bool) and 0 <= code <= 255:
                 self.exit_code = code
             self.disk_full = bool(event.get("disk_full"))
             self.exit_at = now
             self.phase = Phase.SHUTTING_DOWN
-        elif kind == "error":
+        elif kind == Event.ERROR:
             msg = event.get("message")
             self.agent_error = msg[:MAX_MESSAGE] if isinstance(msg, str) else "unknown agent error"
 

@@ -17,13 +17,15 @@ from pathlib import Path
 
 from vmwu import tools
 from vmwu.errors import BadInput, HostDiskFull
+from vmwu.guest.protocol import Label
+from vmwu.hostfs import is_disk_full
 
 FILESYSTEMS = ("ext2", "ext3", "ext4")
 
 # Deterministic identity for every file system vmwu makes; the label tells disks apart.
-_FIXED_UUIDS = {
-    "VMWU-APP": "7c6e0a5e-0000-4000-8000-00000000a001",
-    "VMWU-OUT": "7c6e0a5e-0000-4000-8000-00000000a002",
+_FIXED_UUIDS: dict[str, str] = {
+    Label.APP: "7c6e0a5e-0000-4000-8000-00000000a001",
+    Label.OUTPUT: "7c6e0a5e-0000-4000-8000-00000000a002",
 }
 _HASH_SEED = "7c6e0a5e-0000-4000-8000-0000000000ff"
 _FIRST_INODE = 11  # lost+found; mke2fs -d allocates the tree's inodes right after it
@@ -103,7 +105,7 @@ def make_image(
         with open(image, "wb") as fh:
             fh.truncate(size)
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
+        if is_disk_full(exc):
             raise HostDiskFull(str(image.parent)) from exc
         if exc.errno == errno.EFBIG:
             raise BadInput(

@@ -17,8 +17,9 @@ from typing import BinaryIO
 import pycdlib
 
 from vmwu.errors import BadInput, HostDiskFull
+from vmwu.guest.protocol import Label
 
-INSTANCE_LABEL = "VMWU-INST"
+INSTANCE_LABEL = str(Label.INSTANCE)
 
 
 @dataclass(frozen=True)

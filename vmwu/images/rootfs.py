@@ -29,6 +29,7 @@ from pathlib import Path
 
 from vmwu import tools
 from vmwu.errors import BadInput, HostDiskFull
+from vmwu.hostfs import is_disk_full
 
 _IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
@@ -110,7 +111,7 @@ def extract(tarball: Path, dest: Path) -> Staged:
     except (tarfile.TarError, EOFError) as exc:
         raise BadInput(f"{tarball} is not a readable root file system tarball: {exc}") from exc
     except OSError as exc:
-        if exc.errno == 28:  # ENOSPC
+        if is_disk_full(exc):
             raise HostDiskFull(str(dest)) from exc
         raise
     for path, info in reversed(dirs):  # contents first changed their mtimes

@@ -22,10 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmwu import AGENT_VERSION, __version__, guest, tools
+from vmwu import __version__, guest, tools
 from vmwu.arch import canonical_arch, parse_os
 from vmwu.bases.catalog import BaseImage, Catalog, choose_base
 from vmwu.errors import BadInput, BaseNotFound, SpecError, ToolNotFound
+from vmwu.guest.protocol import AGENT_VERSION
 from vmwu.images import ext4, inspect, qemu_img
 from vmwu.pack.spec import Spec
 from vmwu.pack.template import render
@@ -365,7 +366,7 @@ def pack(
                 guest_os=base.guest_os,
                 boot_method=BootMethod(base.boot_method),
                 cmdline=base.cmdline,
-                agent_version=base.agent_version or AGENT_VERSION,
+                agent_version=base.agent_version or str(AGENT_VERSION),
                 cdrom_as_hard_disk=base.cdrom_as_hard_disk
                 if spec.cdrom_as_hard_disk is None
                 else spec.cdrom_as_hard_disk,

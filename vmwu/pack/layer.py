@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -38,12 +37,14 @@ from vmwu.bases.catalog import BaseImage
 from vmwu.bases.mmdebstrap import check_names
 from vmwu.cache import NodeCache
 from vmwu.errors import BadInput, HostFailure, ToolFailed
-from vmwu.guest.events import EventReader, InstanceState
+from vmwu.guest import protocol
+from vmwu.guest.protocol import Label
 from vmwu.images import ext4, ext4_read, qemu_img
 from vmwu.images.iso import write_iso
 from vmwu.run.params import param_entries
 from vmwu.unit.model import FileRole
-from vmwu.vmm.qemu import Drive, MachineConfig, QemuMachine
+from vmwu.vmm.guestrun import GuestRun
+from vmwu.vmm.qemu import Drive, MachineConfig, qmp_socket_path, release_socket_dir
 
 log = logging.getLogger(__name__)
 
@@ -179,14 +180,14 @@ def _install_vm(
     (stage / "debs").mkdir(parents=True)
     for deb in debs:
         shutil.copyfile(deb, stage / "debs" / deb.name)
-    (stage / ".vmwu/bin").mkdir(parents=True)
-    script = stage / ".vmwu/bin/autorun.sh"
+    (stage / protocol.SCRIPT_BIN).mkdir(parents=True)
+    script = stage / protocol.SCRIPT_BIN / "autorun.sh"
     script.write_text(INSTALL_SH)
     script.chmod(0o755)
     app = work / "app.raw"
-    ext4.make_image(app, ext4.image_size_for(stage, 64 * 1024**2), label="VMWU-APP", src=stage)
+    ext4.make_image(app, ext4.image_size_for(stage, 64 * 1024**2), label=Label.APP, src=stage)
     out = work / "out.raw"
-    ext4.make_image(out, 16 * 1024**2, label="VMWU-OUT")
+    ext4.make_image(out, 16 * 1024**2, label=Label.OUTPUT)
     iso = work / "inst.iso"
     write_iso(iso, param_entries([]))
     overlay = work / "base.qcow2"
@@ -199,23 +200,23 @@ def _install_vm(
         initrd=initrd.path if initrd else None,
         cmdline=base.cmdline,
         drives=(
-            Drive("base", overlay, "qcow2", serial="VMWU-BASE"),
-            Drive("app", app, "raw", serial="VMWU-APP"),
-            Drive("out", out, "raw", serial="VMWU-OUT"),
-            Drive("inst", iso, "raw", read_only=True, serial="VMWU-INST"),
+            Drive("base", overlay, "qcow2", serial=Label.BASE),
+            Drive("app", app, "raw", serial=Label.APP),
+            Drive("out", out, "raw", serial=Label.OUTPUT),
+            Drive("inst", iso, "raw", read_only=True, serial=Label.INSTANCE),
         ),
         console_log=work / "console.log",
         events_log=work / "events.jsonl",
-        qmp_socket=work / "qmp.sock" if len(os.fsencode(work)) < 90 else None,
+        qmp_socket=qmp_socket_path(work),
     )
-    from vmwu.run.launch import watch  # the launcher's own loop: events, timeouts
-
-    state = InstanceState()
-    with QemuMachine(cfg, log_path=work / "qemu.log") as vm:
-        vm.launch()
-        state.qemu_started = vm.started_at
-        error = watch(vm, EventReader(work / "events.jsonl"), state, timeout, 300.0, None)
-        vm.wait(10)
+    guest = GuestRun(cfg, work, timeout=timeout, boot_timeout=300.0)
+    try:
+        guest.launch()
+        guest.run()
+    finally:
+        guest.stop()
+        release_socket_dir(work)
+    error, state = guest.error, guest.state
     if error is not None or state.exit_code != 0:
         log_text = (ext4_read.read_file(out, "/stderr.log") or b"") + (
             ext4_read.read_file(out, "/stdout.log") or b""

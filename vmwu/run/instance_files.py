@@ -12,6 +12,7 @@ from pathlib import Path
 import pycdlib
 
 from vmwu.errors import BadInput
+from vmwu.guest import protocol
 from vmwu.images.iso import IsoEntry
 
 
@@ -46,10 +47,10 @@ def cdrom_entries(
         mode = 0o755 if src.stat().st_mode & 0o111 else 0o644
         entries.append(IsoEntry(dest, source=src, mode=mode))
     if instance_script is not None:
-        entries.append(IsoEntry(".vmwu/instance-script", source=instance_script, mode=0o755))
+        entries.append(IsoEntry(protocol.ISO_INSTANCE_SCRIPT, source=instance_script, mode=0o755))
     if instance_post_script is not None:
         entries.append(
-            IsoEntry(".vmwu/instance-post-script", source=instance_post_script, mode=0o755)
+            IsoEntry(protocol.ISO_INSTANCE_POST_SCRIPT, source=instance_post_script, mode=0o755)
         )
     # later entries (ours) replace same-named files of the user's image
     by_dest: dict[str, IsoEntry] = {}

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vmwu import __version__, tools
+from vmwu import tools
 from vmwu.errors import (
     ExitCode,
     GuestNeverBooted,
@@ -24,9 +24,11 @@ from vmwu.errors import (
     VmwuError,
 )
 from vmwu.guest.events import InstanceState
+from vmwu.guest.protocol import GUEST_STATE_DIR, GUEST_STATUS
 from vmwu.hostfs import SafeDir, rel_parts
 from vmwu.images import ext4_read, qemu_img
-from vmwu.run.prepare import CONSOLE_LOG, STATUS_JSON, Prepared
+from vmwu.run.prepare import CONSOLE_LOG, Prepared
+from vmwu.run.status import STATUS_JSON, ErrorInfo, Outcome, RunStatus, Timings
 from vmwu.vmm.qemu import QemuMachine
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,7 @@ log = logging.getLogger(__name__)
 class RunResult:
     exit_code: int
     output_dir: Path
-    status: dict[str, Any]
+    status: RunStatus | None  # None: nothing ran (--print-cmdline)
     error: VmwuError | None = None
     cmdline: list[str] = field(default_factory=list)
 
@@ -69,6 +71,8 @@ def classify(
         tail = console_tail(console)
         early.hint = f"console: {tail}; {console_hint}" if tail else console_hint
         return early
+    if state.agent_error:  # before the exit code: an agent of another protocol may run on
+        return GuestNeverBooted(f"the vmwu agent failed: {state.agent_error}", hint=console_hint)
     if state.exit_code is not None:
         if state.disk_full:
             return OutputDiskFull(
@@ -79,8 +83,6 @@ def classify(
         return None
     tail = console_tail(console)
     text = read_tail(console)
-    if state.agent_error:
-        return GuestNeverBooted(f"the vmwu agent failed: {state.agent_error}", hint=console_hint)
     if "Kernel panic" in text:
         line = next((r for r in text.splitlines() if "Kernel panic" in r), "Kernel panic")
         cls: type[VmwuError] = GuestNeverBooted if state.booted_at is None else VMCrashed
@@ -103,7 +105,6 @@ def classify(
 
 
 # A guest's own status.json (written by the agent) is read from the disk, never copied out.
-GUEST_STATE_DIR = ".vmwu"
 _GUEST_STATUS_LIMIT = 64 * 1024
 
 
@@ -123,7 +124,7 @@ def read_outputs(
     guest's own status and the entries that were not written (with why)."""
     tree = ext4_read.scan(out_disk)
     guest_status: dict[str, Any] = {}
-    raw = tree.read(f"{GUEST_STATE_DIR}/status.json", _GUEST_STATUS_LIMIT)
+    raw = tree.read(f"{GUEST_STATE_DIR}/{GUEST_STATUS}", _GUEST_STATUS_LIMIT)
     if raw is not None:
         try:
             parsed = json.loads(raw)
@@ -148,7 +149,8 @@ def collect(
     state: InstanceState,
     early: VmwuError | None,
 ) -> RunResult:
-    """Classify how the instance ended and copy out everything it left."""
+    """Classify how the instance ended and copy out everything it left (status.json is
+    the caller's to complete and write)."""
     opts, desc, inst, out_dir = prepared.opts, prepared.desc, prepared.inst, prepared.out_dir
     console = inst / CONSOLE_LOG
     error = classify(state, early, machine, console, out_dir)
@@ -168,45 +170,41 @@ def collect(
     if error is None and collect_error is not None:
         error = collect_error
     app_code = state.exit_code
-    if app_code is None and isinstance(guest_status.get("exit_code"), int):
-        app_code = guest_status["exit_code"]
-    exit_code = (
-        int(error.exit_code)
-        if error is not None
-        else (app_code if app_code is not None else int(ExitCode.VM_CRASHED))
+    guest_code = guest_status.get("exit_code")
+    if app_code is None and isinstance(guest_code, int) and 0 <= guest_code <= 255:
+        app_code = guest_code
+    if error is not None:
+        exit_code = int(error.exit_code)
+    else:
+        exit_code = app_code if app_code is not None else int(ExitCode.VM_CRASHED)
+    signal = guest_status.get("signal")
+    status = RunStatus(
+        Outcome.VMWU_ERROR if error is not None else Outcome.APP,
+        exit_code,
+        app_exit_code=app_code,
+        error=ErrorInfo.of(error) if error is not None else None,
+        unit=desc.name,
+        unit_path=os.fspath(opts.unit.absolute()),
+        node=os.uname().nodename,
+        params=list(opts.args),
+        signal=signal if isinstance(signal, int) and not isinstance(signal, bool) else None,
+        disk_full=state.disk_full,
+        progress=state.fraction,
+        timings=Timings(
+            boot=delta(machine.started_at, state.started_at),
+            app=delta(state.started_at, state.exit_at),
+            shutdown=delta(state.exit_at, machine.exited_at or None),
+            qemu=round((machine.exited_at or time.monotonic()) - machine.started_at, 3),
+        ),
+        qemu_peak_rss_kib=machine.peak_rss_kib,
+        qemu_cpu_seconds=round(machine.cpu_seconds, 3),
+        console_log=CONSOLE_LOG,
+        guest=guest_status,
+        outputs_not_copied=skipped,
+        cmdline=shlex.join(machine.argv),
+        accel=prepared.accel.accel,
+        accel_reason=prepared.accel.reason,
     )
-    qemu_s = (machine.exited_at or time.monotonic()) - machine.started_at
-    timings: dict[str, float | None] = {
-        "boot": delta(machine.started_at, state.started_at),
-        "app": delta(state.started_at, state.exit_at),
-        "shutdown": delta(state.exit_at, machine.exited_at or None),
-        "qemu": round(qemu_s, 3),
-    }
-    status: dict[str, Any] = {
-        "vmwu_version": __version__,
-        "unit": desc.name,
-        "unit_path": os.fspath(opts.unit.absolute()),
-        "node": os.uname().nodename,
-        "outcome": "vmwu-error" if error is not None else "app",
-        "exit_code": exit_code,
-        "app_exit_code": app_code,
-        "signal": guest_status.get("signal"),
-        "disk_full": state.disk_full,
-        "error": None
-        if error is None
-        else {"code": int(error.exit_code), "kind": type(error).__name__, "message": str(error)},
-        "params": list(opts.args),
-        "progress": state.fraction,
-        "timings": timings,
-        "qemu_peak_rss_kib": machine.peak_rss_kib,
-        "qemu_cpu_seconds": round(machine.cpu_seconds, 3),
-        "console_log": CONSOLE_LOG,
-        "guest": guest_status,
-        "outputs_not_copied": skipped,
-        "cmdline": shlex.join(machine.argv),
-        "accel": prepared.accel.accel,
-        "accel_reason": prepared.accel.reason,
-    }
     return RunResult(exit_code, out_dir, status, error, cmdline=machine.argv)
 
 
@@ -238,14 +236,6 @@ def keep_output_image(raw: Path, dest: SafeDir, name: str) -> None:
         where.take(private, "image", leaf)
 
 
-def write_status(out_dir: Path, status: dict[str, Any]) -> None:
-    """status.json, written atomically; a guest's entry of that name is replaced, never
-    written through."""
-    data = (json.dumps(status, indent=2, sort_keys=True) + "\n").encode()
-    with SafeDir.open(out_dir) as dest:
-        dest.write_atomic(STATUS_JSON, data)
-
-
 def salvage(inst: Path, out_dir: Path, err: VmwuError, output_filename: str | None) -> None:
     """Keep what we can after an interruption."""
     try:
@@ -255,18 +245,6 @@ def salvage(inst: Path, out_dir: Path, err: VmwuError, output_filename: str | No
             if (inst / CONSOLE_LOG).exists():
                 with SafeDir.open(out_dir) as dest:
                     dest.copy_file_in(inst / CONSOLE_LOG, CONSOLE_LOG)
-        write_status(
-            out_dir,
-            {
-                "vmwu_version": __version__,
-                "outcome": "vmwu-error",
-                "exit_code": int(err.exit_code),
-                "error": {
-                    "code": int(err.exit_code),
-                    "kind": type(err).__name__,
-                    "message": str(err),
-                },
-            },
-        )
+        RunStatus.failed(err).write(out_dir)
     except (OSError, VmwuError) as exc:
         log.debug("salvage failed: %s", exc)

@@ -13,13 +13,14 @@ import logging
 import os
 import secrets
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmwu.cache import NodeCache
 from vmwu.errors import BadInput
+from vmwu.guest import protocol
+from vmwu.guest.protocol import Label
 from vmwu.images import qemu_img
 from vmwu.images.iso import IsoEntry, write_iso
 from vmwu.run import cloudinit
@@ -30,13 +31,19 @@ from vmwu.unit.model import BootMethod, UnitDescriptor
 from vmwu.unit.ova import OvaReader
 from vmwu.vmm import accel as accel_mod
 from vmwu.vmm import warm
-from vmwu.vmm.qemu import Drive, DriveKind, MachineConfig, qemu_binary
+from vmwu.vmm.qemu import (
+    Drive,
+    DriveKind,
+    MachineConfig,
+    qemu_binary,
+    qmp_socket_path,
+    release_socket_dir,
+)
 
 log = logging.getLogger(__name__)
 
 # Files vmwu itself writes into the output directory.
 CONSOLE_LOG = "console.log"
-STATUS_JSON = "status.json"
 
 
 @dataclass(frozen=True)
@@ -173,27 +180,16 @@ def instance_cmdline(
                 raise BadInput(f"guest directory {value!r} contains white space")
             parts.append(f"vmwu.{key}={value}")
     if cdrom_scsi:
-        parts.append("vmwu.cdrom_dev=scsi")  # the tiny init loads the SCSI CD-ROM modules
+        parts.append(protocol.CDROM_SCSI)  # the tiny init loads the SCSI CD-ROM modules
     return " ".join(parts)
-
-
-def qmp_socket_path(inst: Path) -> Path:
-    """A unix socket path for QMP: in the instance dir when short enough (sun_path holds
-    107 bytes), else in a private directory under /tmp (removed with the instance)."""
-    path = inst / "qmp.sock"
-    if len(os.fsencode(path)) < 100:
-        return path
-    short = Path(tempfile.mkdtemp(prefix="vmwu-"))
-    (inst / "qmp-dir").symlink_to(short)
-    return short / "qmp.sock"
 
 
 def iso_entries(opts: RunOptions) -> list[IsoEntry]:
     entries = param_entries(list(opts.args), opts.parameters_filename)
     # A resumed guest shares its clock and RNG state with every instance resumed from the
     # same save; the agent sets the clock and stirs this seed into the pool.
-    entries.append(IsoEntry(".vmwu/time", data=f"{int(time.time())}\n".encode()))
-    entries.append(IsoEntry(".vmwu/seed", data=secrets.token_bytes(64)))
+    entries.append(IsoEntry(protocol.ISO_TIME, data=f"{int(time.time())}\n".encode()))
+    entries.append(IsoEntry(protocol.ISO_SEED, data=secrets.token_bytes(64)))
     entries += cdrom_entries(
         files=opts.files,
         destinations=opts.files_destination,
@@ -214,16 +210,16 @@ def prepare_disks(inst: Path, disks: ResolvedDisks, opts: RunOptions) -> list[Dr
         qemu_img.create_overlay(under.path, overlay, backing_format=under.format)
         # A base without a kernel of its own boots from this disk (its boot loader).
         boot = 0 if disks.kernel is None else None
-        drives.append(Drive("base", overlay, "qcow2", serial="VMWU-BASE", bootindex=boot))
+        drives.append(Drive("base", overlay, "qcow2", serial=Label.BASE, bootindex=boot))
     app = inst / "app.qcow2"
     qemu_img.create_overlay(disks.app_disk.path, app, backing_format=disks.app_disk.format)
-    drives.append(Drive("app", app, "qcow2", serial="VMWU-APP"))
+    drives.append(Drive("app", app, "qcow2", serial=Label.APP))
     # The output disk is raw so that debugfs can read it back without a conversion.
     out = inst / "output.raw"
     qemu_img.convert(
         disks.output_disk.path, out, src_format=disks.output_disk.format, dst_format="raw"
     )
-    drives.append(Drive("out", out, "raw", serial="VMWU-OUT"))
+    drives.append(Drive("out", out, "raw", serial=Label.OUTPUT))
     return drives
 
 
@@ -357,8 +353,7 @@ class Prepared:
         self.grown.clear()
 
     def release(self) -> None:
-        if (self.inst / "qmp-dir").is_symlink():
-            shutil.rmtree((self.inst / "qmp-dir").resolve(), ignore_errors=True)
+        release_socket_dir(self.inst)
         if self.opts.keep:
             log.info("instance directory kept: %s", self.inst)
         else:
@@ -394,10 +389,10 @@ def prepare(opts: RunOptions, *, check_output: bool = True) -> Prepared:
         if as_disk is None:
             as_disk = desc.base.cdrom_as_hard_disk
         kind = DriveKind.DISK if as_disk else DriveKind.CDROM
-        drives.append(Drive("inst", iso, "raw", read_only=True, kind=kind, serial="VMWU-INST"))
+        drives.append(Drive("inst", iso, "raw", read_only=True, kind=kind, serial=Label.INSTANCE))
         if cloudinit.needs_seed(desc.base):  # issue 6: a base without the vmwu agent
             seed = cloudinit.write_seed(inst / "seed.iso")
-            drives.append(Drive("seed", seed, "raw", read_only=True, serial="VMWU-SEED"))
+            drives.append(Drive("seed", seed, "raw", read_only=True, serial=Label.SEED))
         pflash = uefi_flash(disks, inst, cache)  # issue 6: a GPT disk with an EFI partition
         exe, bios = qemu_executable(opts, arch)
         direct = desc.base.boot_method == BootMethod.DIRECT_KERNEL

@@ -10,7 +10,6 @@ One :class:`TaskRun` per task run: task main of a job and nodestart on its node
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import shlex
@@ -25,6 +24,7 @@ from typing import IO, Any
 
 from vmwu import tools
 from vmwu.errors import BadInput, HostDiskFull, ToolNotFound, VmwuError
+from vmwu.hostfs import is_disk_full
 from vmwu.sweep.expand import node_relative, root_output, root_relative, source_path
 from vmwu.sweep.hostcopy import copy_untrusted, kind_of, open_output, read_file, write_file
 from vmwu.sweep.model import DEV_NULL, IDENT, ROOT_TASKS, Side, Step, StepKind, Value, format_value
@@ -121,7 +121,7 @@ class TaskRun:
                 except VmwuError as err:
                     code, error = None, str(err)
                 except OSError as err:
-                    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                    if is_disk_full(err):
                         raise
                     code, error = None, f"{step.where}: {step.kind}: {err.strerror or err}"
                 record.update(exit_code=code, seconds=round(time.time() - t0, 3))

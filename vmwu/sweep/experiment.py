@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vmwu.errors import BadInput, HostDiskFull
+from vmwu.hostfs import is_disk_full, write_json_atomic
 from vmwu.sweep.executors import check_name
 from vmwu.sweep.expand import (
     DEFAULT_MAX_JOBS,
@@ -30,7 +31,7 @@ from vmwu.sweep.expand import (
     single_values,
 )
 from vmwu.sweep.journal import Journal
-from vmwu.sweep.layout import Layout, write_json
+from vmwu.sweep.layout import Layout
 from vmwu.sweep.model import Plan, Value
 from vmwu.sweep.plan import load_plan, read_text
 
@@ -173,9 +174,11 @@ def create(plan_path: Path, results: Path, opts: SweepOptions) -> Experiment:
         }
         layout.make_dirs()
         shutil.copyfile(plan_path, results / copy_name)
-        write_json(layout.experiment, {k: meta[k] for k in _NODE_KEYS})
+        write_json_atomic(layout.experiment, {k: meta[k] for k in _NODE_KEYS})
         for job in jobs:
-            write_json(layout.spec(job.id), {"job": job.id, "seq": job.seq, "params": job.params})
+            write_json_atomic(
+                layout.spec(job.id), {"job": job.id, "seq": job.seq, "params": job.params}
+            )
         if existing and opts.force:
             journal.drop_jobs(j.id for j in jobs)
         added = journal.add_jobs(jobs)
@@ -210,7 +213,7 @@ def open_existing(results: Path) -> Experiment:
 def _os_error(err: OSError, results: Path) -> Exception:
     import errno
 
-    if err.errno == errno.ENOSPC:
+    if is_disk_full(err):
         return HostDiskFull(str(results))
     if err.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
         return BadInput(f"cannot write in the results directory {results}: {err.strerror}")

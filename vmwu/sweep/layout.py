@@ -21,8 +21,6 @@ driver and the nodes)::
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,19 +82,6 @@ class Layout:
     def make_dirs(self) -> None:
         for d in (self.jobs, self.attempts, self.run, self.logs, self.spec_dir):
             d.mkdir(parents=True, exist_ok=True)
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same directory + rename)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def read_json(path: Path) -> Any:

@@ -4,12 +4,12 @@ coloured by how it ended. matplotlib with the Agg backend (no display needed).""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmwu.errors import BadInput, HostDiskFull
+from vmwu.errors import BadInput, HostDiskFull, HostFailure
+from vmwu.hostfs import replacing
 from vmwu.sweep.journal import Journal
 
 COLOURS = {
@@ -111,12 +111,13 @@ def draw_timeline(journal: Journal, out: Path) -> Path:
     fig.tight_layout()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp.png")
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, out)
+        with replacing(out) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+    except HostDiskFull:
+        raise
+    except HostFailure as err:
+        raise BadInput(f"cannot write {out}: {err.message}") from None
     except OSError as err:
-        if err.errno == 28:
-            raise HostDiskFull(str(out.parent)) from None
         raise BadInput(f"cannot write {out}: {err.strerror}") from None
     finally:
         plt.close(fig)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
 import secrets
 import shutil
@@ -40,16 +39,19 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+from vmwu import procstat as procs
 from vmwu.errors import BadInput, ExitCode, HostDiskFull, VmwuError
-from vmwu.sweep import procs
+from vmwu.hostfs import SafeDir, is_disk_full, write_json_atomic
+from vmwu.run.status import RunStatus
 from vmwu.sweep.commands import Outcome, Place, TaskRun
 from vmwu.sweep.expand import NIMROD_VAR, job_values
-from vmwu.sweep.hostcopy import copy_untrusted, read_file
-from vmwu.sweep.layout import ROOT_STAGE, Layout, read_json, write_json
+from vmwu.sweep.hostcopy import copy_untrusted
+from vmwu.sweep.layout import ROOT_STAGE, Layout, read_json
 from vmwu.sweep.model import Plan, Value, format_value
 
 INFRA_CODES = frozenset({ExitCode.NEVER_BOOTED, ExitCode.VM_CRASHED, ExitCode.HOST_FAILURE})
@@ -169,7 +171,7 @@ class Runner:
     def run(self) -> int:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
         started = time.time()
-        write_json(
+        write_json_atomic(
             self.layout.marker(self.job_id, self.attempt),
             {
                 "job": self.job_id,
@@ -199,7 +201,7 @@ class Runner:
             print(f"vmwu: job {self.job_id}: cancelled", file=sys.stderr)
             return 128 + signal.SIGTERM
         except OSError as err:
-            if err.errno == errno.ENOSPC:
+            if is_disk_full(err):
                 raise HostDiskFull(str(self.layout.root)) from None
             raise
         finally:
@@ -281,23 +283,16 @@ class Runner:
         for status in sorted(
             [*self.work.glob("*/status.json"), *self.work.glob("*/*/status.json")]
         ):
-            data = _status(self.work, str(status.relative_to(self.work)))
-            if data is not None and "vmwu_version" in data:
+            if _status(self.work, status.parent) is not None:
                 found.append(status.parent)
         return found
 
     def vmwu_confirms(self, code: int) -> bool:
         """Did a ``vmwu run`` report this code as its own failure (not the app's)?"""
-        statuses = []
-        for run in self.vmwu_runs():
-            data = _status(self.work, f"{run.relative_to(self.work)}/status.json")
-            if data is not None:
-                statuses.append(data)
+        statuses = [s for run in self.vmwu_runs() if (s := _status(self.work, run))]
         if not statuses:  # vmwu run failed before it wrote anything: trust the code
             return True
-        return any(
-            s.get("outcome") == "vmwu-error" and s.get("exit_code") == code for s in statuses
-        )
+        return any(s.vmwu_failed and s.exit_code == code for s in statuses)
 
     def keep_vmwu_runs(self) -> None:
         runs = self.vmwu_runs()
@@ -318,8 +313,8 @@ class Runner:
         retry_app = bool(self.exp.get("retry_app_failures"))
         retryable = outcome.state == "failed" and (outcome.infra or retry_app)
         final = not retryable or self.attempt >= max_attempts
-        run_status = _status(self.tmp, "status.json") or {}
-        write_json(
+        run_status = _status(self.tmp, self.tmp)
+        write_json_atomic(
             self.tmp / "job.json",
             {
                 "job": self.job_id,
@@ -337,7 +332,11 @@ class Runner:
                 "started": started,
                 "finished": time.time(),
                 "steps": outcome.steps,
-                "vmwu_run": {k: run_status.get(k) for k in ("outcome", "exit_code", "timings")}
+                "vmwu_run": {
+                    "outcome": run_status.outcome.value,
+                    "exit_code": run_status.exit_code,
+                    "timings": asdict(run_status.timings) if run_status.timings else None,
+                }
                 if run_status
                 else None,
             },
@@ -381,14 +380,15 @@ def node_directory(experiment: str) -> Path:
     return scratch / f"vmwu-sweep-{experiment}"
 
 
-def _status(base: Path, rel: str) -> dict[str, Any] | None:
-    """A ``vmwu run`` status.json in a job's directories (read without following a link a
-    guest may have left; a small JSON object, or None)."""
+def _status(base: Path, out_dir: Path) -> RunStatus | None:
+    """The ``vmwu run`` status.json in ``out_dir`` (a job's directory or one below it),
+    read without following a link a guest may have left."""
     try:
-        data = json.loads(read_file(base, rel, limit=1 << 20))
+        parts = [] if out_dir == base else list(out_dir.relative_to(base).parts)
+        with SafeDir.open(base) as root, root.walk(parts) as d:
+            return RunStatus.read_in(d)
     except (VmwuError, OSError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
 
 
 def make_dir(path: Path) -> None:

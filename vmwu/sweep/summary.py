@@ -5,7 +5,6 @@ state, exit code, attempts, node, timings), rewritten atomically; and the text o
 from __future__ import annotations
 
 import csv
-import errno
 import io
 import os
 import secrets
@@ -14,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from vmwu.errors import HostDiskFull
+from vmwu.hostfs import is_disk_full, write_json_atomic
 from vmwu.sweep.journal import JobRow, Journal, State
-from vmwu.sweep.layout import write_json
 from vmwu.sweep.model import format_value
 
 COLUMNS = (
@@ -66,7 +65,7 @@ def write_summary(journal: Journal, results: Path, parameters: list[str]) -> Non
         params = [format_value(r["params"][p]) if p in r["params"] else "" for p in parameters]
         writer.writerow([r["job"], *params, *(_cell(r[c]) for c in COLUMNS[1:])])
     try:
-        write_json(results / "results.json", {"counts": counts, "jobs": rows})
+        write_json_atomic(results / "results.json", {"counts": counts, "jobs": rows})
         tmp = results / f".results.csv.{secrets.token_hex(4)}.tmp"
         try:
             tmp.write_text(buf.getvalue(), encoding="utf-8")
@@ -74,7 +73,7 @@ def write_summary(journal: Journal, results: Path, parameters: list[str]) -> Non
         finally:
             tmp.unlink(missing_ok=True)
     except OSError as err:
-        if err.errno == errno.ENOSPC:
+        if is_disk_full(err):
             raise HostDiskFull(str(results)) from None
         raise
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 import logging
 import os
 import select
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -194,6 +196,30 @@ class MachineState(StrEnum):
     CONFIGURED = "configured"
     RUNNING = "running"
     EXITED = "exited"
+
+
+SUN_PATH_MAX = 107  # bytes of a unix socket's path (sun_path less its NUL)
+_SOCKET_DIR_LINK = "qmp-dir"
+
+
+def qmp_socket_path(workdir: Path) -> Path:
+    """A path for a VM's QMP socket that fits in sun_path: ``workdir/qmp.sock``, or, when
+    that is too long, one in a private directory under the temporary directory, linked
+    from ``workdir/qmp-dir`` (:func:`release_socket_dir` removes it)."""
+    path = workdir / "qmp.sock"
+    if len(os.fsencode(path)) <= SUN_PATH_MAX:
+        return path
+    short = Path(tempfile.mkdtemp(prefix="vmwu-"))
+    (workdir / _SOCKET_DIR_LINK).symlink_to(short)
+    return short / "qmp.sock"
+
+
+def release_socket_dir(workdir: Path) -> None:
+    """Remove the private socket directory :func:`qmp_socket_path` made, if it did."""
+    link = workdir / _SOCKET_DIR_LINK
+    if link.is_symlink():
+        shutil.rmtree(link.resolve(), ignore_errors=True)
+        link.unlink(missing_ok=True)
 
 
 class QemuMachine:

@@ -13,12 +13,12 @@ reading the file (``MachineConfig.incoming``).
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 from pathlib import Path
 
 from vmwu.errors import HostDiskFull, HostFailure, VMCrashed
+from vmwu.hostfs import is_disk_full
 from vmwu.vmm.qemu import QemuMachine
 
 SAVE_TIMEOUT = 300.0
@@ -36,7 +36,7 @@ def save_vm(vm: QemuMachine, dest: Path, *, timeout: float = SAVE_TIMEOUT) -> No
     try:
         fh = open(dest, "wb")
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
+        if is_disk_full(exc):
             raise HostDiskFull(str(dest.parent)) from exc
         raise SaveFailed(f"cannot create {dest}: {exc.strerror}") from exc
     with fh:
@@ -62,7 +62,7 @@ def save_vm(vm: QemuMachine, dest: Path, *, timeout: float = SAVE_TIMEOUT) -> No
         try:
             os.fsync(fh.fileno())
         except OSError as exc:
-            if exc.errno == errno.ENOSPC:
+            if is_disk_full(exc):
                 raise HostDiskFull(str(dest.parent)) from exc
             raise
 

@@ -28,14 +28,14 @@ import hashlib
 import json
 import logging
 import os
-import time
 from pathlib import Path
 
 from vmwu import tools
 from vmwu.errors import HostFailure
-from vmwu.guest.events import EventReader
+from vmwu.guest.protocol import WARM_TEMPLATE
 from vmwu.images import qemu_img
-from vmwu.vmm.qemu import DriveKind, MachineConfig, QemuMachine
+from vmwu.vmm.guestrun import GuestRun
+from vmwu.vmm.qemu import DriveKind, MachineConfig, qmp_socket_path, release_socket_dir
 from vmwu.vmm.snapshot import save_vm
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 CAPACITY = 256 * 1024**3
 BASE = "base"  # the drive id of a base's root disk: it keeps its own capacity
 BASE_ROLE = "base-disk"
-WARM_KEY = "vmwu.warm=1"
+WARM_KEY = WARM_TEMPLATE
 SAVE_TIMEOUT = 180.0
 
 
@@ -162,7 +162,7 @@ def save_state(
         drives=tuple(drives),
         console_log=workdir / "console.log",
         events_log=events,
-        qmp_socket=workdir / "qmp.sock" if len(os.fsencode(workdir)) < 90 else cfg.qmp_socket,
+        qmp_socket=qmp_socket_path(workdir),
     )
     try:
         _boot_and_save(save_cfg, dest, workdir, timeout)
@@ -170,6 +170,8 @@ def save_state(
         if frozen_tmp is not None:
             frozen_tmp.unlink(missing_ok=True)
         raise
+    finally:
+        release_socket_dir(workdir)
     if base is not None and frozen_tmp is not None:
         # the state is renamed into place after this returns: the disk it goes with first
         os.chmod(frozen_tmp, 0o444)
@@ -177,20 +179,19 @@ def save_state(
 
 
 def _boot_and_save(cfg: MachineConfig, dest: Path, workdir: Path, timeout: float) -> None:
-    reader = EventReader(cfg.events_log or workdir / "events.jsonl")
     # The template waits for an instance ISO that never comes unless this process drives
-    # it: if this process is killed (kill -9), the template must die too.
-    with QemuMachine(cfg, log_path=workdir / "qemu.log") as vm:
-        vm.launch()
-        deadline = time.monotonic() + timeout
-        while not any(e.get("event") == "ready" for e in reader.read()):
-            if vm.poll() is not None:
+    # it: it dies with this process (the spawn door), and is stopped on the way out.
+    guest = GuestRun(cfg, workdir)
+    try:
+        guest.launch()
+        if not guest.run_until(lambda state: state.ready, timeout):
+            if guest.ended:
                 raise TemplateFailed("it stopped before the agent was ready", stopped=True)
-            if time.monotonic() > deadline:
-                raise TemplateFailed(f"the agent was not ready within {timeout:g} s", stopped=False)
-            vm.wait_exit_event(0.02)
+            raise TemplateFailed(f"the agent was not ready within {timeout:g} s", stopped=False)
         # Migrate while running (no "stop" first): the stream then records the VM as
         # running, so a restore resumes it by itself, without a QMP "cont".
-        save_vm(vm, dest)
-        vm.command("quit")
-        vm.wait(10)
+        save_vm(guest.machine, dest)
+        guest.command("quit")
+        guest.machine.wait(10)
+    finally:
+        guest.stop()

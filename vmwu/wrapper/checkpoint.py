@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from vmwu.errors import HostFailure
-from vmwu.wrapper.fsutil import digest, fsync_dir, write_json_atomic
+from vmwu.hostfs import write_json_atomic
+from vmwu.wrapper.fsutil import digest, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ class CheckpointStore:
             "files": files,
         }
         manifest["checksum"] = _checksum(manifest)
-        write_json_atomic(tmp / MANIFEST, manifest)
+        write_json_atomic(tmp / MANIFEST, manifest, durable=True)
         final = self.root / f"ck-{seq:06d}"
         os.replace(tmp, final)
         fsync_dir(self.root)

@@ -34,8 +34,7 @@ from types import FrameType
 from typing import Any
 
 from vmwu.errors import BadInput
-
-SUN_PATH_MAX = 107
+from vmwu.vmm.qemu import SUN_PATH_MAX
 
 
 class Action(StrEnum):

@@ -9,41 +9,16 @@ The same bytes therefore give the same digest whether a zero block is a hole or 
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from vmwu.errors import HostDiskFull, HostFailure
+from vmwu.errors import HostFailure
+from vmwu.hostfs import data_extents, os_failure
 
 BLOCK = 64 * 1024
 _ZERO = bytes(BLOCK)
-
-
-def _os_error(exc: OSError, where: Path) -> HostFailure:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return HostDiskFull(str(where))
-    return HostFailure(f"{where}: {exc.strerror or exc}")
-
-
-def data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
-    """(start, end) of the data regions of an open file; the whole file where the file
-    system cannot tell holes from data."""
-    pos = 0
-    while pos < size:
-        try:
-            start = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # nothing but a hole up to the end
-                return
-            yield pos, size  # SEEK_DATA unsupported: treat it all as data
-            return
-        end = os.lseek(fd, start, os.SEEK_HOLE)
-        yield start, end
-        pos = end
 
 
 def _blocks(fd: int, size: int) -> Iterator[tuple[int, bytes]]:
@@ -72,7 +47,7 @@ def digest(path: Path) -> tuple[int, str]:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as exc:
-        raise _os_error(exc, path) from exc
+        raise os_failure(exc, str(path)) from exc
     try:
         size = os.fstat(fd).st_size
         h = hashlib.sha256(f"vmwu-sparse-v1 {size}\n".encode())
@@ -92,7 +67,7 @@ def sparse_copy(src: Path, dst: Path) -> tuple[int, str]:
         out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     except OSError as exc:
         os.close(fd)
-        raise _os_error(exc, dst.parent) from exc
+        raise os_failure(exc, str(dst.parent)) from exc
     try:
         size = os.fstat(fd).st_size
         h = hashlib.sha256(f"vmwu-sparse-v1 {size}\n".encode())
@@ -107,7 +82,7 @@ def sparse_copy(src: Path, dst: Path) -> tuple[int, str]:
     except OSError as exc:
         os.close(out)
         dst.unlink(missing_ok=True)
-        raise _os_error(exc, dst.parent) from exc
+        raise os_failure(exc, str(dst.parent)) from exc
     except BaseException:
         os.close(out)
         dst.unlink(missing_ok=True)
@@ -124,22 +99,3 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def write_json_atomic(path: Path, data: Any, *, durable: bool = True) -> None:
-    """Write ``data`` as JSON to ``path`` through a temp file and a rename, so a reader
-    (or a restart after a crash) sees the old file or the new one, never half of one.
-    ``durable`` also fsyncs the file and its directory (survives a power cut)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-            if durable:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        if durable:
-            fsync_dir(path.parent)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise _os_error(exc, path) from exc

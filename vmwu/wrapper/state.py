@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vmwu.errors import BadInput
-from vmwu.wrapper.fsutil import write_json_atomic
+from vmwu.hostfs import write_json_atomic
 
 STATE_FILE = "wrapper_checkpoint.json"
 VERSION = 1
@@ -38,7 +38,7 @@ class WrapperState:
     message: str = ""
 
     def save(self, path: Path) -> None:
-        write_json_atomic(path, dataclasses.asdict(self))
+        write_json_atomic(path, dataclasses.asdict(self), durable=True)
 
     @classmethod
     def load(cls, path: Path, job_sha256: str) -> WrapperState:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vmwu.errors import VmwuError
-from vmwu.wrapper.fsutil import write_json_atomic
+from vmwu.hostfs import write_json_atomic
 
 STATUS_FILE = "wrapper_status.json"
 FORMAT = 1
@@ -62,6 +62,6 @@ class StatusFile:
         self.data = data
         try:
             # Not fsynced: it is rewritten every second, and only the live value matters.
-            write_json_atomic(self.path, data, durable=False)
+            write_json_atomic(self.path, data)
         except VmwuError:
             pass  # a full disk must not stop the job; the next write will try again

@@ -22,28 +22,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
-from vmwu import tools
+from vmwu import procstat, tools
 from vmwu.errors import BadInput, ToolNotFound
 from vmwu.hostfs import SafeDir, rel_parts
 from vmwu.wrapper.jobxml import TaskSpec
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu_seconds(pid: int, *, children: bool = False) -> float:
-    """User + system CPU seconds of a live process from /proc/PID/stat (its threads
-    included; with ``children``, also the children it has waited for). 0 if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            data = fh.read()
-    except OSError:
-        return 0.0
-    # the command name (field 2) may hold spaces and parentheses: split after the last ")"
-    fields = data[data.rindex(b")") + 2 :].split()
-    ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
-    if children:
-        ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
-    return ticks / CLK_TCK
 
 
 def resolve_application(app: str, slot: Path, where: str) -> str:
@@ -163,7 +145,7 @@ class HostTask:
     def cpu_seconds(self) -> float:
         if self.returncode is not None or self._proc is None:
             return self._final_cpu
-        return proc_cpu_seconds(self._proc.leader, children=True)
+        return procstat.cpu_seconds(self._proc.leader, children=True)
 
     def fraction(self) -> float | None:
         name = self.task.fraction_done_filename

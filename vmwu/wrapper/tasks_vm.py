@@ -18,7 +18,6 @@ goes on from the instruction it was paused at.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import shutil
 import time
@@ -30,30 +29,28 @@ from typing import Any
 from vmwu import tools
 from vmwu.errors import (
     BadInput,
-    GuestNeverBooted,
     HostFailure,
     UnsafeContent,
     VMCrashed,
     VmwuError,
 )
-from vmwu.guest.events import EventReader, InstanceState, Phase, check_log_sizes
+from vmwu.guest.events import InstanceState, Phase
 from vmwu.hostfs import Report as CopyReport
 from vmwu.hostfs import SafeDir, rel_parts
 from vmwu.images import qemu_img
-from vmwu.run.outcome import RunResult, collect, write_status
-from vmwu.run.prepare import Prepared, RunOptions, prepare
+from vmwu.run.instance import Instance
+from vmwu.run.outcome import RunResult
+from vmwu.run.prepare import Prepared, RunOptions
 from vmwu.vmm import warm
-from vmwu.vmm.qemu import MachineConfig, QemuMachine
+from vmwu.vmm.guestrun import GuestRun
 from vmwu.vmm.snapshot import save_vm, wait_incoming
 from vmwu.wrapper import vmunit
 from vmwu.wrapper.checkpoint import Checkpoint, CheckpointStore
 from vmwu.wrapper.fsutil import sparse_copy
 from vmwu.wrapper.jobxml import TaskSpec
-from vmwu.wrapper.tasks_host import proc_cpu_seconds
 
 log = logging.getLogger(__name__)
 
-QMP_TIMEOUT = 60.0
 Report = Callable[[str], None]
 
 
@@ -92,21 +89,11 @@ class VmTask:
         self.settings = settings
         self.args = list(task.command_line) + (list(extra_args) if task.append_cmdline_args else [])
         self.report = report
-        self.prepared: Prepared | None = None
-        self.machine: QemuMachine | None = None
-        self.cfg: MachineConfig | None = None
-        self.state = InstanceState()
-        self.events: EventReader | None = None
-        self.warm = False  # the machine runs the warm-start configuration
-        self.start_how = ""
-        self.suspended = False
+        self.instance: Instance | None = None
         self.result: RunResult | None = None
         self.error: VmwuError | None = None
         self.paused_seconds: float | None = None  # how long the last checkpoint paused it
-        self._boot_left: float | None = None  # seconds of (unsuspended) time to boot
-        self._tick = 0.0
-        self._cpu_done = 0.0  # CPU of QEMU processes of this run that already exited
-        self._qmp_ready = False
+        self._cpu_done = 0.0  # CPU of this task's instances that have ended
 
     @property
     def label(self) -> str:
@@ -115,7 +102,17 @@ class VmTask:
 
     @property
     def instance_dir(self) -> Path | None:
-        return self.prepared.inst if self.prepared else None
+        prepared = self.instance.prepared if self.instance else None
+        return prepared.inst if prepared else None
+
+    @property
+    def start_how(self) -> str:
+        started = self.instance.started if self.instance else None
+        return str(started) if started else ""
+
+    @property
+    def state(self) -> InstanceState:
+        return self.instance.state if self.instance else InstanceState()
 
     # -- the unit and the options ---------------------------------------------------------
 
@@ -166,72 +163,48 @@ class VmTask:
             catalog=self.settings.catalog,
         )
 
-    def _prepare(self) -> Prepared:
+    def _prepare(self) -> Instance:
         opts = self.run_options()
         shutil.rmtree(self.task_dir / "output", ignore_errors=True)  # from an earlier run
-        self.prepared = prepare(opts)
-        return self.prepared
+        self.instance = Instance(opts)
+        self.instance.prepare()
+        return self.instance
 
     # -- starting --------------------------------------------------------------------------
 
-    def _launch(self, cfg: MachineConfig) -> QemuMachine:
-        assert self.prepared is not None
-        inst = self.prepared.inst
-        (inst / "events.jsonl").unlink(missing_ok=True)
-        self.cfg = cfg
-        self.events = EventReader(inst / "events.jsonl")
-        machine = QemuMachine(cfg, log_path=inst / "qemu.log")
-        machine.launch()
-        self.machine = machine
-        self._qmp_ready = False
-        self._tick = time.monotonic()
-        return machine
-
-    def _qmp(self, name: str, **args: Any) -> Any:
-        assert self.machine is not None
-        if not self._qmp_ready:  # no QEMU may hang the wrapper
-            self.machine.qmp().settimeout(QMP_TIMEOUT)
-            self._qmp_ready = True
-        return self.machine.command(name, **args)
-
     def start(self, *, suspended: bool = False) -> None:
         """Start the task afresh (resuming the node's saved booted guest if it can)."""
-        prepared = self._prepare()
-        cfg, self.start_how = prepared.warm_config()
-        self.warm = cfg.incoming is not None
-        self.state = InstanceState()
-        self._launch(cfg)
-        self.state.qemu_started = time.monotonic()
-        self.state.phase = Phase.BOOTING
-        self._boot_left = self.settings.boot_timeout
-        self.suspended = False
+        instance = self._prepare()
+        instance.start()
         if suspended:
             self.suspend()
 
     def restore(self, ck: Checkpoint, *, suspended: bool = False) -> None:
         """Resume the task from ``ck``; raises :class:`RestoreFailed` if it will not."""
         manifest = ck.manifest
-        prepared = self._prepare()
+        instance = self._prepare()
+        warm_cmdline = bool(manifest.get("warm"))
         try:
-            self.warm = bool(manifest.get("warm"))
-            self._restore_disks(prepared, ck)
-            cfg = warm.with_warm_cmdline(prepared.cfg) if self.warm else prepared.cfg
-            machine = self._launch(dataclasses.replace(cfg, incoming=ck.file("state")))
-            status = wait_incoming(machine, timeout=self.settings.boot_timeout)
+            assert instance.prepared is not None
+            self._restore_disks(instance.prepared, ck, grown=warm_cmdline)
+            guest = instance.start_restored(
+                ck.file("state"),
+                warm_cmdline=warm_cmdline,
+                name=ck.name,
+                state=_restored_state(manifest.get("guest", {})),
+            )
+            status = wait_incoming(guest.machine, timeout=self.settings.boot_timeout)
         except (VmwuError, OSError) as exc:
             self.stop()
             message = exc.message if isinstance(exc, VmwuError) else str(exc)
             raise RestoreFailed(f"checkpoint {ck.name} did not restore: {message}") from None
-        self.start_how = f"restored from checkpoint {ck.name}"
-        self.state = _restored_state(manifest.get("guest", {}))
-        self._boot_left = None if self.state.booted_at else self.settings.boot_timeout
-        self.suspended = status != "running"  # saved paused: restored paused
-        if suspended and not self.suspended:
+        guest.suspended = status != "running"  # saved paused: restored paused
+        if suspended and not guest.suspended:
             self.suspend()
-        elif not suspended and self.suspended:
+        elif not suspended and guest.suspended:
             self.resume()
 
-    def _restore_disks(self, prepared: Prepared, ck: Checkpoint) -> None:
+    def _restore_disks(self, prepared: Prepared, ck: Checkpoint, *, grown: bool) -> None:
         drives = {d.id: d for d in prepared.cfg.drives}
         listed = {str(d["id"]): d for d in ck.manifest.get("drives", [])}
         if set(listed) != set(drives):
@@ -253,77 +226,27 @@ class VmTask:
                 argv = ["qemu-img", "rebase", "-u", "-f", "qcow2", "-b", backing[0]]
                 argv += ["-F", backing[1]] if backing[1] else []
                 tools.run([*argv, drive.path])
-            if self.warm:
+            if grown:
                 prepared.grown[drive.path] = own_size
 
     # -- running ---------------------------------------------------------------------------
 
     def poll(self) -> int | None:
         """The exit code once the instance has ended and been collected, else None."""
-        machine = self.machine
         if self.result is not None:
             return self.result.exit_code
-        if machine is None:
+        instance = self.instance
+        if instance is None or instance.guest is None or not instance.poll():
             return None
-        code = machine.poll()
-        now = time.monotonic()
-        assert self.events is not None
-        for event in self.events.read():
-            self.state.apply(event, now)
-        if code is None:
-            flood = check_log_sizes(self.events.path, machine.cfg.console_log)
-            if flood is not None:
-                machine.shutdown(timeout=2.0)
-                self.error = VMCrashed(f"{flood}; it was stopped")
-            if self._boot_left is not None and not self.suspended:
-                if self.state.booted_at is not None:
-                    self._boot_left = None
-                else:
-                    self._boot_left -= now - self._tick
-                    if self._boot_left <= 0:
-                        machine.shutdown(timeout=2.0)
-                        self.error = GuestNeverBooted(
-                            f"the guest did not reach the vmwu agent within "
-                            f"{self.settings.boot_timeout:g} s"
-                        )
-            self._tick = now
-            if self.error is None:
-                return None
-            machine.wait(5.0)
-        if self._warm_start_failed(machine):
-            return None
-        return self._finish()
+        return self._finish(instance)
 
-    def _warm_start_failed(self, machine: QemuMachine) -> bool:
-        """The node's saved booted guest did not load: forget it and boot cold."""
-        cfg = self.cfg
-        if cfg is None or cfg.incoming is None or not self.start_how.startswith("warm"):
-            return False
-        if machine.returncode in (0, None) or self.state.event_count:
-            return False
-        self.report(f"warm start failed ({machine.qemu_log_tail()}); booting cold")
-        self._cpu_done += machine.cpu_seconds
-        cfg.incoming.unlink(missing_ok=True)
-        assert self.prepared is not None
-        self.prepared.shrink_disks()
-        self.start_how = "cold boot: the saved guest did not load"
-        self.warm = False
-        self.state = InstanceState(qemu_started=time.monotonic(), phase=Phase.BOOTING)
-        self._launch(self.prepared.cfg)
-        self._boot_left = self.settings.boot_timeout
-        return True
-
-    def _finish(self) -> int:
-        prepared, machine = self.prepared, self.machine
-        assert prepared is not None and machine is not None
-        prepared.shrink_disks()
-        result = collect(prepared, machine, self.state, self.error)
-        result.status["start"] = self.start_how
-        write_status(prepared.out_dir, result.status)
-        self._cpu_done += machine.cpu_seconds
-        self.machine = None
-        prepared.release()
-        self.prepared = None
+    def _finish(self, instance: Instance) -> int:
+        result = instance.collect()
+        assert result.status is not None and instance.prepared is not None
+        result.status.write(instance.prepared.out_dir)
+        self._cpu_done += instance.cpu_seconds()
+        instance.release()
+        self.instance = None
         self.result = result
         self.error = result.error
         self._copy_outputs(result.output_dir, ok=result.exit_code == 0)
@@ -376,34 +299,34 @@ class VmTask:
         return self.state.message
 
     def cpu_seconds(self) -> float:
-        machine = self.machine
-        if machine is None or machine.pid is None:
-            return self._cpu_done
-        if machine.returncode is not None:
-            return self._cpu_done + machine.cpu_seconds
-        return self._cpu_done + proc_cpu_seconds(machine.pid)
+        """CPU time of this task's QEMU processes (the running one included)."""
+        return self._cpu_done + (self.instance.cpu_seconds() if self.instance else 0.0)
 
-    def _alive(self) -> bool:
-        return self.machine is not None and self.machine.poll() is None
+    def _alive(self) -> GuestRun | None:
+        guest = self.instance.guest if self.instance else None
+        return guest if guest is not None and guest.machine.poll() is None else None
 
-    def _control(self, name: str) -> None:
-        """QMP ``stop``/``cont``; nothing if QEMU has just ended (``poll`` collects it)."""
-        if not self._alive():
+    def _control(self, pause: bool) -> None:
+        """Pause or resume the guest; nothing if QEMU has just ended (``poll`` collects
+        it)."""
+        guest = self._alive()
+        if guest is None:
             return
         try:
-            self._qmp(name)
+            guest.suspend() if pause else guest.resume()
         except Exception as exc:
             if self._alive():
-                raise VMCrashed(f"QMP {name} failed: {exc}") from exc
+                raise VMCrashed(f"QMP {'stop' if pause else 'cont'} failed: {exc}") from exc
+
+    @property
+    def suspended(self) -> bool:
+        return self.instance is not None and self.instance.suspended
 
     def suspend(self) -> None:
-        self._control("stop")
-        self.suspended = True
+        self._control(True)
 
     def resume(self) -> None:
-        self._control("cont")
-        self.suspended = False
-        self._tick = time.monotonic()
+        self._control(False)
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -412,9 +335,10 @@ class VmTask:
         (it has just ended, or is still loading). The VM runs on afterwards, unless it was
         suspended. Raises a :class:`VmwuError` if the checkpoint could not be written; the
         older checkpoints are kept then."""
-        if not self._alive() or self.cfg is None:
+        guest = self._alive()
+        if guest is None or self.instance is None:
             return None
-        status = str(self._qmp("query-status").get("status"))
+        status = str(guest.command("query-status").get("status"))
         if status == "inmigrate":
             return None
         was_running = status == "running"
@@ -425,9 +349,9 @@ class VmTask:
             t0 = time.monotonic()
             try:
                 if was_running:
-                    self._qmp("stop")
-                save_vm(self.machine, tmp / "state")  # type: ignore[arg-type]
-                for d in self.cfg.drives:
+                    guest.suspend()
+                save_vm(guest.machine, tmp / "state")
+                for d in guest.cfg.drives:
                     name = f"disk-{d.id}{d.path.suffix}"
                     _, expect[name] = sparse_copy(d.path, tmp / name)
                     drives.append({"id": d.id, "file": name, "format": d.format})
@@ -435,11 +359,11 @@ class VmTask:
                 # The copies are complete and fsynced: the guest need not wait for the
                 # digests and the manifest.
                 if was_running:
-                    self._control("cont")
+                    self._control(False)
                 self.paused_seconds = round(time.monotonic() - t0, 3)
-            guest = _guest_summary(self.state)
-            full = {**meta, "task": self.index, "warm": self.warm, "drives": drives}
-            return store.commit(tmp, {**full, "guest": guest}, expect)
+            warm_cmdline = warm.WARM_KEY in guest.cfg.cmdline.split()
+            full = {**meta, "task": self.index, "warm": warm_cmdline, "drives": drives}
+            return store.commit(tmp, {**full, "guest": _guest_summary(self.state)}, expect)
         except BaseException:
             store.abort(tmp)
             raise
@@ -448,13 +372,11 @@ class VmTask:
 
     def stop(self) -> None:
         """Stop the VM without collecting anything (quit, abort, time limit)."""
-        if self.machine is not None:
-            self.machine.shutdown(timeout=2.0)
-            self._cpu_done += self.machine.cpu_seconds
-            self.machine = None
-        if self.prepared is not None:
-            self.prepared.release()
-            self.prepared = None
+        if self.instance is not None:
+            self.instance.stop()
+            self._cpu_done += self.instance.cpu_seconds()
+            self.instance.release()
+            self.instance = None
 
 
 def _guest_summary(state: InstanceState) -> dict[str, Any]:

@@ -46,7 +46,7 @@ def run_exec_job(results: str, job_id: str, attempt: int) -> int:
 
 def kill_exec_job(results: str, job_id: str, attempt: int) -> int:
     """On every worker: stop this attempt's exec-job if it runs there."""
-    from vmwu.sweep import procs
+    from vmwu import procstat as procs
 
     found = find_exec_jobs(Path(results), [Submission(job_id, attempt)])
     for handle in found.values():

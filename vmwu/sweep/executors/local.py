@@ -20,8 +20,8 @@ import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from vmwu import procstat as procs
 from vmwu.errors import VmwuError
-from vmwu.sweep import procs
 from vmwu.sweep.executors import Context, Executor, Observed, Phase, Submission
 from vmwu.sweep.layout import read_json
 

@@ -160,7 +160,7 @@ OUTPUTS_RECORD = Path(".vmwu-wrap") / "boinc-outputs.json"
 def remember_outputs(slot: Path, found: dict[str, str]) -> dict[str, str]:
     """The job's outputs (logical name -> physical file), found now or in an earlier run
     (whose links are gone from the slot), kept in ``.vmwu-wrap/boinc-outputs.json``."""
-    from vmwu.wrapper.fsutil import write_json_atomic
+    from vmwu.hostfs import write_json_atomic
 
     record = slot / OUTPUTS_RECORD
     known: dict[str, str] = {}

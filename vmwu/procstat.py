@@ -1,5 +1,7 @@
-"""Processes by pid, safely: a pid is only "the same process" if its start time (from
-``/proc/PID/stat``) matches what was recorded, since pids are reused."""
+"""Processes by pid, from ``/proc/PID/stat`` (the one reader of it; the process guard has
+its own, since it runs without vmwu on its path): start times, liveness, descendants, CPU
+time. A pid is only "the same process" if its start time matches what was recorded,
+since pids are reused."""
 
 from __future__ import annotations
 
@@ -17,6 +19,21 @@ def _stat_fields(pid: int) -> list[str] | None:
         return None
     # the command name (field 2) is in parentheses and may contain spaces
     return data[data.rfind(")") + 2 :].split()
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int, *, children: bool = False) -> float:
+    """User + system CPU seconds of a live process (its threads included; with
+    ``children``, also the children it has waited for). 0 if it is gone."""
+    fields = _stat_fields(pid)
+    if fields is None or len(fields) < 15:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    if children:
+        ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
+    return ticks / CLK_TCK
 
 
 def start_time(pid: int) -> int | None:
