@@ -524,6 +524,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # qemu.qmp logs a QEMU that is already going away (a failed connect while vmwu stops
+    # it) as an error; vmwu reports what matters itself, in one line
+    logging.getLogger("qemu.qmp").setLevel(logging.DEBUG if debug else logging.CRITICAL)
     try:
         # pack and run take free-form --OPTION VALUE lists (thesis appendices A and D)
         command = args_list[0] if args_list else ""

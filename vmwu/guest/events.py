@@ -63,6 +63,7 @@ class InstanceState:
     fraction: float | None = None
     message: str = ""
     agent_error: str | None = None
+    agent_incompatible: bool = False  # the agent speaks a protocol this vmwu does not
     agent_version: int | None = None
     event_count: int = 0  # events applied so far
     ready: bool = False  # a warm-start template is ready to be saved
@@ -80,6 +81,7 @@ class InstanceState:
             self.phase = Phase.BOOTING
             agent = event.get("agent")
             if agent is not None and not known_agent(agent):
+                self.agent_incompatible = True
                 self.agent_error = (
                     f"the base's vmwu agent speaks protocol {str(agent)[:20]}, this vmwu "
                     f"speaks {AGENT_VERSION}: rebuild the base with this vmwu"

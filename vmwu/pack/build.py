@@ -26,7 +26,7 @@ from vmwu import __version__, guest, tools
 from vmwu.arch import canonical_arch, parse_os
 from vmwu.bases.catalog import BaseImage, Catalog, choose_base
 from vmwu.errors import BadInput, BaseNotFound, SpecError, ToolNotFound
-from vmwu.guest.protocol import AGENT_VERSION
+from vmwu.guest.protocol import AGENT_VERSION, Label
 from vmwu.images import ext4, inspect, qemu_img
 from vmwu.pack.spec import Spec
 from vmwu.pack.template import render
@@ -302,13 +302,16 @@ def pack(
         app_raw = tmp / "app.raw"
         app_size = ext4.image_size_for(stage, spec.app_buffer)
         ext4.check_size(app_size, fstype, f"the application disk ({spec.app_import_dir})")
-        ext4.make_image(app_raw, app_size, label="VMWU-APP", src=stage, fstype=fstype, epoch=epoch)
+        ext4.make_image(app_raw, app_size, label=Label.APP, src=stage, fstype=fstype, epoch=epoch)
         dfmt = spec.disk_format
         app_href = default_href(name, FileRole.APP_DISK, dfmt)
         _disk(app_raw, tmp / app_href, compress=spec.compress, fmt=dfmt)
         step("building the output disk")
         out_raw = tmp / "out.raw"
-        ext4.make_image(out_raw, spec.app_output_size, label="VMWU-OUT", fstype=fstype, epoch=epoch)
+        # whole file-system blocks: a disk image's capacity is a multiple of 512 bytes
+        # (qcow2, vmdk), and the unit must declare exactly the capacity its image has
+        out_size = -(-spec.app_output_size // 4096) * 4096
+        ext4.make_image(out_raw, out_size, label=Label.OUTPUT, fstype=fstype, epoch=epoch)
         out_href = default_href(name, FileRole.OUTPUT_DISK, dfmt)
         _disk(out_raw, tmp / out_href, compress=spec.compress, fmt=dfmt)
 
@@ -334,8 +337,8 @@ def pack(
                 )
             )
         for href, role, capacity, label in (
-            (app_href, FileRole.APP_DISK, app_size, "VMWU-APP"),
-            (out_href, FileRole.OUTPUT_DISK, spec.app_output_size, "VMWU-OUT"),
+            (app_href, FileRole.APP_DISK, app_size, Label.APP),
+            (out_href, FileRole.OUTPUT_DISK, out_size, Label.OUTPUT),
         ):
             sha, size = file_sha256(tmp / href)
             members[href] = tmp / href

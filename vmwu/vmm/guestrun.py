@@ -120,8 +120,7 @@ class GuestRun:
             return GuestNeverBooted(
                 f"the guest did not reach the vmwu agent within {self.boot_timeout:g} s"
             )
-        if self.state.agent_error is not None and self.state.exit_code is None:
-            # an agent that gave up, or speaks another protocol: nothing more will come
+        if self.state.agent_incompatible:  # nothing it says can be trusted to mean the same
             return GuestNeverBooted(f"the vmwu agent failed: {self.state.agent_error}")
         if now - self._last_log_check >= _LOG_CHECK_EVERY:
             self._last_log_check = now
