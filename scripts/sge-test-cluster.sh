@@ -50,14 +50,14 @@ need() {
     for tool in /usr/sbin/sge_qmaster /usr/sbin/sge_execd /usr/bin/qconf /usr/bin/qsub; do
         [ -x "$tool" ] || die "$tool is missing (apt-get install $PACKAGES, or run scripts/setup.sh)"
     done
+    # What the packages' scripts do when installed with the debconf answers (preseed), done
+    # here when they were not: the cell's bootstrap file, then the spool (init_cluster).
     if [ ! -s "$COMMON/bootstrap" ]; then
-        # installed without the debconf answers: configure the cell now
-        preseed
-        DEBIAN_FRONTEND=noninteractive dpkg-reconfigure gridengine-common >/dev/null
-        DEBIAN_FRONTEND=noninteractive dpkg-reconfigure gridengine-master >/dev/null
+        install -d -o sgeadmin -g sgeadmin "$SGE_ROOT/$SGE_CELL" "$COMMON"
+        install -m 0644 -o sgeadmin -g sgeadmin /usr/share/gridengine/default-bootstrap "$COMMON/bootstrap"
     fi
-    [ -s "$COMMON/bootstrap" ] || die "$COMMON/bootstrap is missing (dpkg-reconfigure gridengine-common)"
     if [ ! -e "$SPOOL/spooldb/sge" ]; then
+        install -d -o sgeadmin -g sgeadmin "$SPOOL/spooldb" "$SPOOL/qmaster" "$SPOOL/qmaster/job_scripts"
         su -s /bin/sh -c "/usr/share/gridengine/scripts/init_cluster $SGE_ROOT $SGE_CELL $SPOOL/spooldb sgeadmin" sgeadmin >/dev/null
     fi
 }
