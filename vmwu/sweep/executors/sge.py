@@ -21,8 +21,10 @@
 - A task in an error state (``Eqw``: its working or output directory is missing, …) would
   wait for an administrator forever: it is deleted, and its record's ``failed`` reason ends
   the attempt (retried like a lost node).
-- How a job ended is read from the results directory, as with every executor; qacct's
-  word is what the driver reports for a task that left no result.
+- How a job ended is read from the results directory, as with every executor: a task
+  that left qstat and its job's result is over; qacct is asked (it reads the whole
+  accounting file) only about tasks whose jobs left none, and its word is what the
+  driver reports for them.
 - Exit statuses 99 and 100 mean "run it again" and "error state" to Grid Engine: the batch
   script turns them into 1 (the job's own code is in its job.json).
 """
@@ -408,12 +410,23 @@ class GridEngineExecutor(Executor):
         return out
 
     def _ended(self, gone: Mapping[str, str]) -> dict[str, Observed]:
-        """Tasks qstat no longer lists: what their accounting records say, once there."""
-        records = self._qacct(set(gone.values()))
+        """Tasks qstat no longer lists: a job that left its result has ended (the result
+        says how); for the others, what their accounting records say, once there."""
+        out: dict[str, Observed] = {}
+        without: dict[str, str] = {}
+        for job, handle in gone.items():
+            if self.ctx.layout.result(job).is_dir():
+                self._gone_since.pop(handle, None)
+                out[job] = Observed(Phase.ENDED, None, None)
+            else:
+                without[job] = handle
+        if not without:
+            return out
+        # (qacct reads the whole accounting file: only for tasks that need it)
+        records = self._qacct(set(without.values()))
         accounting, _ = self.reporting()
         now = time.monotonic()
-        out: dict[str, Observed] = {}
-        for job, handle in gone.items():
+        for job, handle in without.items():
             record = (records or {}).get(handle)
             if record is not None:
                 self._gone_since.pop(handle, None)
