@@ -32,7 +32,8 @@
 from __future__ import annotations
 
 import contextlib
-import getpass
+import os
+import pwd
 import re
 import shlex
 import signal
@@ -246,7 +247,8 @@ class GridEngineExecutor(Executor):
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
         self.prefix = job_name(ctx.experiment, "")
-        self.user = getpass.getuser()
+        # the user qsub submits as (not $USER, which sudo -E or a login shell may keep)
+        self.user = pwd.getpwuid(os.getuid()).pw_name
         self.jobs_per_task = max(1, int(ctx.options.get("jobs_per_task", 1)))
         self.jobs_share_tasks = self.jobs_per_task > 1
         self._down_since: float | None = None
