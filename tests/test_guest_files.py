@@ -197,3 +197,34 @@ def test_iso_names_that_collide_after_mangling(tmp_path: Path) -> None:
     files = _read_iso(out)
     for n in names:
         assert files[n] == n.encode()
+
+
+def test_events_from_a_hostile_guest_are_bounded(tmp_path: Path) -> None:
+    """Events come from the guest: a flood, an endless line, odd codes and long messages."""
+    from vmwu import events as ev
+
+    path = tmp_path / "events.jsonl"
+    junk = b"x" * (ev.MAX_LINE + 10)  # one line without an end, longer than any event
+    lines = [
+        b'{"event": "exit", "code": 300}',
+        b'{"event": "exit", "code": true}',
+        b'{"event": "progress", "fraction": NaN}',
+        b'{"event": "progress", "fraction": 0.5, "message": "' + b"m" * 5000 + b'"}',
+    ]
+    path.write_bytes(junk + b"\n" + b"\n".join(lines) + b"\n" + b"y" * (3 * ev.MAX_READ))
+    reader = EventReader(path)
+    state = InstanceState()
+    seen = 0
+    for _ in range(10):
+        batch = reader.read()
+        seen += len(batch)
+        for event in batch:
+            state.apply(event, 1.0)
+    assert seen == 4
+    assert state.exit_code is None
+    assert state.fraction == 0.5 and len(state.message) == ev.MAX_MESSAGE
+    assert len(reader._partial) <= ev.MAX_LINE
+    assert ev.check_log_sizes(path) is None
+    with open(path, "ab") as fh:
+        fh.truncate(ev.MAX_LOG_BYTES + 1)
+    assert "wrote more than" in (ev.check_log_sizes(None, path) or "")

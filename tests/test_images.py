@@ -11,7 +11,8 @@ import pytest
 
 from vmwu.cache import NodeCache
 from vmwu.errors import HostDiskFull
-from vmwu.images import ext4
+from vmwu.hostfs import SafeDir
+from vmwu.images import ext4, ext4_read
 
 
 def _tree(root: Path) -> None:
@@ -29,14 +30,17 @@ def test_ext4_round_trip(tmp_path: Path) -> None:
     image = tmp_path / "a.img"
     ext4.make_image(image, ext4.image_size_for(src, 1 << 20), label="VMWU-APP", src=src)
     out = tmp_path / "out"
-    ext4.read_tree(image, out)
+    with SafeDir.open(out, create=True) as dest:
+        ext4_read.scan(image).extract(dest)
     assert (out / "a.txt").read_text() == "hello\n"
     assert (out / "sub" / "b.bin").read_bytes() == (src / "sub" / "b.bin").read_bytes()
     assert os.access(out / "sub" / "exe", os.X_OK)
     assert (out / "link").is_symlink() and os.readlink(out / "link") == "/etc/passwd"
     assert not (out / "lost+found").exists()
-    assert ext4.read_file(image, "/a.txt") == b"hello\n"
-    assert ext4.read_file(image, "/nope") is None
+    assert ext4_read.read_file(image, "/a.txt") == b"hello\n"
+    assert ext4_read.read_file(image, "/nope") is None
+    assert ext4_read.read_file(image, "/sub/exe") == b"#!/bin/sh\n"
+    assert ext4_read.read_file(image, "/link/x") is None  # never through a link
 
 
 def test_ext4_is_reproducible(tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ import tarfile
 import time
 from pathlib import Path
 
-from tests.test_bad_input import GOOD_SPEC, Home, add_fake_base, write_app
-from vmwu.images import ext4, qemu_img
+from tests.test_bad_input import GOOD_SPEC, Home, add_fake_base, one_error_line, write_app
+from vmwu.images import ext4_read, qemu_img
 
 
 def run_in_pty(
@@ -54,7 +54,7 @@ def _autorun(unit: Path, tmp: Path) -> str:
         tar.extract("u-app.qcow2", tmp, filter="data")
     raw = tmp / "app.raw"
     qemu_img.convert(tmp / "u-app.qcow2", raw, src_format="qcow2", dst_format="raw")
-    data = ext4.read_file(raw, "/.vmwu/bin/autorun.sh")
+    data = ext4_read.read_file(raw, "/.vmwu/bin/autorun.sh")
     assert data is not None
     return data.decode()
 
@@ -95,3 +95,50 @@ def test_edit_the_generated_script(tmp_path: Path) -> None:
     assert code == 0, out
     script = _autorun(tmp_path / "u.ova", tmp_path)
     assert "echo edited\n# Launch application\n/app/run.sh\n" in script
+
+
+GOOD_GVAP = 'package-name="u"\napp-import-dir="app"\napp-launch="/app/run.sh"\n'
+
+
+def test_the_base_choice_is_read_from_a_pipe_too(tmp_path: Path) -> None:
+    """The thesis's tool read the chosen ID from standard input: a script pipes it in
+    (``printf '2\\n' | vmwu pack u.gvap``), no terminal needed."""
+    home = Home(tmp_path / "home", tmp_path)
+    write_app(tmp_path)
+    add_fake_base(home, "first")
+    add_fake_base(home, "second")
+    (tmp_path / "u.gvap").write_text(GOOD_GVAP + "base-image-autosource-interaction=1\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "vmwu", "pack", "u.gvap", "-q", "-o", "u.ova"],
+        input="2\n",
+        capture_output=True,
+        text=True,
+        env={**os.environ, **home.env},
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "first" in result.stdout and "second" in result.stdout  # the numbered list
+    assert "Enter ID of selected base" in result.stdout
+    listing = home("inspect", "u.ova", "--json")
+    assert '"name": "second"' in listing.stdout
+
+
+def test_an_empty_stdin_is_one_clear_line(tmp_path: Path) -> None:
+    home = Home(tmp_path / "home", tmp_path)
+    write_app(tmp_path)
+    add_fake_base(home, "first")
+    (tmp_path / "u.gvap").write_text(GOOD_GVAP + "base-image-autosource-interaction=1\n")
+    for stdin in ("", "nope\n"):  # nothing at all; an answer that is no ID, then the end
+        result = subprocess.run(
+            [sys.executable, "-m", "vmwu", "pack", "u.gvap", "-q", "-o", "u.ova"],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env={**os.environ, **home.env},
+            cwd=tmp_path,
+            timeout=120,
+        )
+        line = one_error_line(result, 241, "u.gvap:4", "base-image-autosource-interaction")
+        assert "no base chosen: standard input ended before an answer" in line
+        assert not (tmp_path / "u.ova").exists()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,11 +41,11 @@ task main
     copy input.txt node:in.txt
     node:execute printf '%s|%s\\n' ${n} ${word} > out.txt; cat in.txt >> out.txt
     node:substitute node:out.txt node:sub.txt
-    copy node:out.txt out_${n}.txt
-    copy node:sub.txt sub.txt
+    copy node:out.txt out_${jobindex}.txt
+    copy node:sub.txt sub_$jobname.txt
 endtask
 task rootfinish
-    execute cat jobs/*/out_*.txt | sort > all.txt
+    execute cat out_*.txt | sort > all.txt
 endtask
 """
 
@@ -72,10 +73,19 @@ def test_a_local_sweep_end_to_end(plan: Path, tmp_path: Path) -> None:
     # values are shell-quoted in execute lines: spaces, quotes and $ arrive intact
     all_txt = (res / "all.txt").read_text().splitlines()
     assert "1|a b" in all_txt and "3|it's $HOME" in all_txt
+    # root-side outputs are in the experiment's directory, one per job ($jobindex)
+    assert sorted(p.name for p in res.glob("out_*.txt")) == [f"out_{i}.txt" for i in range(1, 7)]
     # substitute replaced ${n} in the node file; copy kept the literal text
-    one = next(j for j in jobs if (j / "out_1.txt").exists())
-    assert "input ${n}" in (one / "out_1.txt").read_text()
-    assert "input 1" in (one / "sub.txt").read_text()
+    assert (res / "out_1.txt").read_text() == "1|a b\ninput ${n}\n"
+    assert (res / "sub_1.txt").read_text() == "1|a b\ninput 1\n"
+    assert (res / "sub_6.txt").read_text() == "3|it's $HOME\ninput 3\n"
+    # each job's result says which outputs it wrote
+    written = sorted(
+        f for j in jobs for f in json.loads((j / "job.json").read_text())["root_files"]
+    )
+    assert written == sorted(
+        [f"out_{i}.txt" for i in range(1, 7)] + [f"sub_{i}.txt" for i in range(1, 7)]
+    )
     csv_rows = (res / "results.csv").read_text().splitlines()
     assert csv_rows[0].startswith("job,n,word,state,exit_code,attempts,node")
     assert len(csv_rows) == 7
@@ -106,7 +116,7 @@ def test_failed_jobs_are_recorded_not_retried(tmp_path: Path) -> None:
     p = write(
         tmp_path / "f.plan",
         "parameter n integer range from 1 to 2 step 1\n"
-        "task main\n  exec exit $((${n} + 1))\nendtask\n",
+        "task main\n  node:execute exit $((${n} + 1))\nendtask\n",
     )
     result = sweep(p, cwd=tmp_path)
     assert result.returncode == 1
@@ -266,7 +276,7 @@ def test_kill_9_of_the_driver_then_resume(tmp_path: Path) -> None:
     p = write(
         tmp_path / "s.plan",
         "parameter n integer range from 1 to 6 step 1\n"
-        "task main\n  exec sleep 1; echo ${n} > o\n  copy node:o o\nendtask\n",
+        "task main\n  node:execute sleep 1; echo ${n} > o\n  copy node:o o.$n\nendtask\n",
     )
     driver = subprocess.Popen(
         [sys.executable, "-m", "vmwu", "sweep", str(p), "-j", "2", "-q"],
@@ -330,15 +340,17 @@ def test_export_runs_without_the_driver(plan: Path, tmp_path: Path) -> None:
         assert run.returncode == 0, run.stderr
     done = sorted((out / "jobs").iterdir())
     assert len(done) == 6
-    texts = sorted(
-        (d / next(f for f in os.listdir(d) if f.startswith("out_"))).read_text() for d in done
-    )
-    assert texts[0].startswith("1|a b") and "3|it's $HOME" in "".join(texts)
-    assert (
-        "input 1" in (done[0] / "sub.txt").read_text()
-        or "input" in (done[0] / "sub.txt").read_text()
-    )
-    assert (out / "rootfinish.sh").is_file()
+    # the same outputs as the driver's, in the export directory
+    assert (out / "out_1.txt").read_text() == "1|a b\ninput ${n}\n"
+    assert (out / "sub_6.txt").read_text() == "3|it's $HOME\ninput 3\n"
+    finish = subprocess.run(["sh", str(out / "rootfinish.sh")], capture_output=True, text=True)
+    assert finish.returncode == 0, finish.stderr
+    assert "3|it's $HOME" in (out / "all.txt").read_text()
+    # a job run again (its result removed) does not overwrite what is there
+    first = out / "jobs" / (out / "jobs.tsv").read_text().split("\t")[1]
+    shutil.rmtree(first)
+    again = subprocess.run(["sh", str(out / "task.sh"), "1"], capture_output=True, text=True)
+    assert "out_1.txt is already in" in again.stderr
     # the same ids as the driver would give
     dry = sweep(plan, "--dry-run", cwd=tmp_path).stdout.split()
     assert {d.name for d in done} == {w for w in dry if w.startswith("j-")}
@@ -356,13 +368,11 @@ range = { from = 0.5, to = 1.5, points = 3 }
 [task.main]
 steps = [
     { execute = "echo ${x} > x.txt" },
-    { copy = "node:x.txt", to = "x.txt" },
+    { copy = "node:x.txt", to = "x_${x}.txt" },
 ]
 """,
     )
     result = sweep(p, "--results", "res", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    values = sorted(
-        (d / "x.txt").read_text().strip() for d in (tmp_path / "res" / "jobs").iterdir()
-    )
-    assert values == ["0.5", "1.0", "1.5"]
+    values = {f.name: f.read_text().strip() for f in (tmp_path / "res").glob("x_*.txt")}
+    assert values == {"x_0.5.txt": "0.5", "x_1.txt": "1", "x_1.5.txt": "1.5"}  # Nimrod's 1

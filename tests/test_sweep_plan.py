@@ -164,14 +164,16 @@ def test_overrides() -> None:
     assert [j.params for j in jobs] == [{"n": 7}]
     with pytest.raises(BadInput, match="no parameter 'nn'.*did you mean 'n'"):
         parse_overrides(plan, ["nn=1"])  # type: ignore[arg-type]
-    with pytest.raises(SpecError, match="not a whole number"):
+    with pytest.raises(BadInput, match="--set n=x: 'x' is not a whole number"):
         parse_overrides(plan, ["n=x"])  # type: ignore[arg-type]
+    with pytest.raises(BadInput, match="--set n=nan: 'nan' is not a whole number"):
+        parse_overrides(plan, ["n=nan"])  # type: ignore[arg-type]
 
 
 def test_line_continuations_and_comments() -> None:
     plan = parse(
         "# comment\nparameter n integer default 1 # trailing\n"
-        "task main\n  # a comment line\n  exec echo a \\\n     b ${n}\nendtask\n"
+        "task main\n  # a comment line\n  node:execute echo a \\\n     b ${n}\nendtask\n"
     )
     assert plan.main.steps[0].args[0].text == "echo a      b ${n}"  # type: ignore[attr-defined]
 
@@ -207,7 +209,7 @@ def test_line_continuations_and_comments() -> None:
         ),
         (
             "parameter x integer range from 1 to 2.5 step 1\ntask main\nexec true\nendtask\n",
-            "t.plan:1:21: to 2.5 is not a whole number",
+            "t.plan:1:37: to 2.5 is not a whole number (the parameter is integer)",
         ),
         (
             'parameter x text default "a\ntask main\nexec true\nendtask\n',
@@ -357,3 +359,44 @@ def test_toml_unknown_reference_points_into_the_string() -> None:
     plan = parse_toml_plan(text, Path("p.toml"))
     with pytest.raises(SpecError, match=r"p.toml:6:29: unknown parameter \$\{y\}"):
         check_references(plan, {})
+
+
+def test_toml_plans_have_every_command_and_task() -> None:
+    plan = parse_toml_plan(
+        """
+[[parameter]]
+name = "x"
+type = "float"
+random = { from = 1, to = 2 }
+
+[task.nodestart]
+steps = [ { copy = "model.dat", to = "node:." } ]
+
+[task.main]
+steps = [
+    { onerror = "ignore" },
+    { redirect = "stdout", to = "out.txt", append = true },
+    { redirect = "stderr" },
+    { exec = ["echo", "$x"] },
+    { shexec = "echo ${x} > x.txt" },
+    { copy = "node:x.txt", to = "x_$jobindex.txt" },
+]
+
+[task.rootfinish]
+steps = [ { execute = "ls" } ]
+""",
+        Path("p.toml"),
+    )
+    assert list(plan.tasks) == ["nodestart", "main", "rootfinish"]
+    steps = plan.main.steps
+    assert [s.kind for s in steps] == [
+        StepKind.ONERROR,
+        StepKind.REDIRECT,
+        StepKind.REDIRECT,
+        StepKind.EXEC,
+        StepKind.EXECUTE,
+        StepKind.COPY,
+    ]
+    assert steps[1].append and steps[1].args[0].text == "out.txt" and steps[2].args == ()
+    assert [a.text for a in steps[3].args] == ["echo", "$x"]
+    assert len(values_of(plan.parameters[0], Path("."))) == 1  # random without points

@@ -651,8 +651,8 @@ def choose_base(
     """Auto-source a base (thesis ``base-image-autosource``): the first of
     :meth:`Catalog.find`, or, when ``interactive``, the one the user picks from the numbered
     list (by ID or name; an empty answer takes the first; ``attempts`` wrong answers or end
-    of input are a :class:`BadInput`). No match is a :class:`BaseNotFound` naming the
-    request and what the catalog has."""
+    of input are a :class:`BadInput`). ``ask`` reads standard input, a terminal or a pipe.
+    No match is a :class:`BaseNotFound` naming the request and what the catalog has."""
     matches = catalog.find(app_arch, app_os)
     if not matches:
         request = f"{app_arch} {app_os}".strip()
@@ -674,8 +674,12 @@ def choose_base(
     for _ in range(attempts):
         try:
             answer = ask(f"Enter ID of selected base [{first.id}]: ").strip()
-        except EOFError:
-            raise BadInput("no base chosen (end of input)") from None
+        except (EOFError, RuntimeError):  # RuntimeError: input() without any stdin
+            raise BadInput(
+                "no base chosen: standard input ended before an answer (end of input)",
+                hint="give the ID on standard input, e.g. printf '2\\n' | vmwu pack …, or "
+                "set base-image-autosource-interaction = 0 to take the first match",
+            ) from None
         if not answer:
             return first
         for b in matches:

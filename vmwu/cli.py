@@ -169,9 +169,12 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
 def cmd_extract(args: argparse.Namespace, extra: list[str]) -> int:
     from vmwu.extract import extract
 
-    written = extract(Path(args.image), Path(args.dest), component=args.component)
-    for path in written:
-        print(path)
+    dest = Path(args.dest)
+    report = extract(Path(args.image), dest, component=args.component)
+    for name in report.top:
+        print(dest / name)
+    for skipped in report.skipped:
+        print(f"vmwu: not extracted: {skipped}", file=sys.stderr)
     return 0
 
 

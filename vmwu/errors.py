@@ -69,6 +69,12 @@ class UnitError(BadInput):
     """A ``.ova`` work unit is unreadable, corrupt, unsafe or inconsistent."""
 
 
+class UnsafeContent(BadInput):
+    """Content from a guest or from a unit made elsewhere was refused as unsafe: a name that
+    would leave its directory, a link in the way, an image that points at host files, sizes
+    that do not add up (docs/security.md)."""
+
+
 class ToolNotFound(VmwuError):
     """An external program is missing; the message names the Debian package to install."""
 

@@ -7,21 +7,31 @@ from pathlib import Path
 from typing import Any
 
 from vmwu.errors import BadInput
-from vmwu.images import ext4, qemu_img
+from vmwu.hostfs import Report, SafeDir
+from vmwu.images import ext4_read, qemu_img
 from vmwu.ova import OvaReader
 from vmwu.sizes import format_size
 from vmwu.unit import FileRole
 
 
 def _is_ova(path: Path) -> bool:
+    """A unit (a tar file), as opposed to a disk image: a disk's first block is often all
+    zeros, which tarfile takes for an empty archive, so disk magics are looked at first."""
     import tarfile
 
-    return path.suffix in (".ova", ".gz", ".tar") or tarfile.is_tarfile(path)
+    if path.suffix in (".ova", ".gz", ".tar"):
+        return True
+    with open(path, "rb") as fh:
+        head = fh.read(1082)
+    if head[:4] in (b"QFI\xfb", b"KDMV") or head[1080:1082] == b"\x53\xef":
+        return False  # qcow2, vmdk, ext2/3/4
+    return tarfile.is_tarfile(path)
 
 
-def extract(image: Path, dest: Path, *, component: str = "output-disk") -> list[Path]:
+def extract(image: Path, dest: Path, *, component: str = "output-disk") -> Report:
     """Copy the files of an output image (raw or qcow2), or of a unit's disk, into
-    ``dest``."""
+    ``dest`` through the safe door. Nothing in ``dest`` is ever replaced or deleted: if an
+    entry of the disk clashes with one already there, nothing is written."""
     if not image.is_file():
         raise BadInput(f"{image} does not exist")
     with tempfile.TemporaryDirectory(prefix="vmwu-extract-") as tmp_str:
@@ -48,8 +58,16 @@ def extract(image: Path, dest: Path, *, component: str = "output-disk") -> list[
         if fmt != "raw":
             raw = tmp / "disk.raw"
             qemu_img.convert(disk, raw, src_format=fmt, dst_format="raw")
-        written = ext4.read_tree(raw, dest)
-    return written
+        tree = ext4_read.scan(raw)
+        with SafeDir.open(dest, create=True) as out:
+            clashes = tree.conflicts(out)
+            if clashes:
+                more = f" and {len(clashes) - 1} more" if len(clashes) > 1 else ""
+                raise BadInput(
+                    f"{dest} already holds {clashes[0]}{more}: nothing was extracted",
+                    hint="extract into a new or empty folder, or move those entries away",
+                )
+            return tree.extract(out)
 
 
 def inspect_unit(path: Path, *, verify: bool = True) -> dict[str, Any]:

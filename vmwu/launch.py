@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vmwu import __version__
-from vmwu.errors import GuestNeverBooted, GuestTimeout, Interrupted, VmwuError
-from vmwu.events import EventReader, InstanceState, Phase
+from vmwu.errors import GuestNeverBooted, GuestTimeout, Interrupted, VMCrashed, VmwuError
+from vmwu.events import EventReader, InstanceState, Phase, check_log_sizes
 from vmwu.instance import RunOptions, prepare
 from vmwu.outcome import RunResult, collect, salvage, write_status
 from vmwu.vmm.qemu import MachineConfig, QemuMachine, build_argv
@@ -48,7 +48,8 @@ def run_unit(opts: RunOptions, *, on_update: Update | None = None) -> RunResult:
         machine, error = boot_and_watch(
             cfg, prepared.inst, state, timeout, opts.boot_timeout, on_update
         )
-        if cfg.incoming is not None and machine.returncode not in (0, None) and not state.events:
+        no_events = not state.event_count
+        if cfg.incoming is not None and machine.returncode not in (0, None) and no_events:
             # The saved state did not load (QEMU changed underneath?): forget it, boot cold.
             log.warning("warm start failed (%s); booting cold", machine.qemu_log_tail())
             cfg.incoming.unlink(missing_ok=True)
@@ -79,7 +80,7 @@ def run_unit(opts: RunOptions, *, on_update: Update | None = None) -> RunResult:
         if machine is not None:
             machine.shutdown(timeout=2.0)
         err = Interrupted("interrupted; partial outputs kept in " + str(prepared.out_dir))
-        salvage(prepared.inst, prepared.out_dir, err)
+        salvage(prepared.inst, prepared.out_dir, err, opts.output_filename)
         raise err from None
     finally:
         if machine is not None:
@@ -147,7 +148,8 @@ def watch(
     """Follow the guest until QEMU exits; stop it on timeout. Returns the error that
     stopped it early (timeout), else None."""
     start = machine.started_at
-    last_update = 0.0
+    last_update = last_size_check = 0.0
+    logs = (events.path, machine.cfg.console_log)
     while True:
         code = machine.poll()
         now = time.monotonic()
@@ -167,6 +169,12 @@ def watch(
             return GuestNeverBooted(
                 f"the guest did not reach the vmwu agent within {boot_timeout:g} s"
             )
+        if now - last_size_check >= 0.5:
+            last_size_check = now
+            flood = check_log_sizes(*logs)
+            if flood is not None:
+                machine.shutdown(timeout=2.0)
+                return VMCrashed(f"{flood}; it was stopped")
         if on_update is not None and now - last_update >= 0.1:
             on_update(state)
             last_update = now

@@ -39,7 +39,7 @@ from vmwu.cache import NodeCache
 from vmwu.catalog import BaseImage
 from vmwu.errors import BadInput, HostFailure, ToolFailed
 from vmwu.events import EventReader, InstanceState
-from vmwu.images import ext4, qemu_img
+from vmwu.images import ext4, ext4_read, qemu_img
 from vmwu.images.iso import write_iso
 from vmwu.params import param_entries
 from vmwu.unit import FileRole
@@ -216,8 +216,8 @@ def _install_vm(
         error = watch(vm, EventReader(work / "events.jsonl"), state, timeout, 300.0, None)
         vm.wait(10)
     if error is not None or state.exit_code != 0:
-        log_text = (ext4.read_file(out, "/stderr.log") or b"") + (
-            ext4.read_file(out, "/stdout.log") or b""
+        log_text = (ext4_read.read_file(out, "/stderr.log") or b"") + (
+            ext4_read.read_file(out, "/stdout.log") or b""
         )
         tail = " / ".join(log_text.decode(errors="replace").strip().splitlines()[-3:])
         console = " / ".join(

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import shlex
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,8 @@ from vmwu.errors import (
     VmwuError,
 )
 from vmwu.events import InstanceState
-from vmwu.images import ext4, qemu_img
+from vmwu.hostfs import SafeDir, rel_parts
+from vmwu.images import ext4_read, qemu_img
 from vmwu.instance import CONSOLE_LOG, STATUS_JSON, Prepared
 from vmwu.vmm.qemu import QemuMachine
 
@@ -41,12 +41,18 @@ class RunResult:
     cmdline: list[str] = field(default_factory=list)
 
 
-def console_tail(path: Path, lines: int = 3) -> str:
+def read_tail(path: Path, size: int = 256 * 1024) -> str:
+    """The last ``size`` bytes of a file the guest wrote (its console), as text."""
     try:
-        text = path.read_text(errors="replace")
+        with open(path, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - size))
+            return fh.read(size).decode(errors="replace")
     except OSError:
         return ""
-    rows = [r.strip() for r in text.replace("\r", "").splitlines() if r.strip()]
+
+
+def console_tail(path: Path, lines: int = 3) -> str:
+    rows = [r.strip()[:300] for r in read_tail(path).replace("\r", "").splitlines() if r.strip()]
     return " | ".join(rows[-lines:])
 
 
@@ -72,10 +78,7 @@ def classify(
             )
         return None
     tail = console_tail(console)
-    try:
-        text = console.read_text(errors="replace")
-    except OSError:
-        text = ""
+    text = read_tail(console)
     if state.agent_error:
         return GuestNeverBooted(f"the vmwu agent failed: {state.agent_error}", hint=console_hint)
     if "Kernel panic" in text:
@@ -99,6 +102,46 @@ def classify(
     )
 
 
+# A guest's own status.json (written by the agent) is read from the disk, never copied out.
+GUEST_STATE_DIR = ".vmwu"
+_GUEST_STATUS_LIMIT = 64 * 1024
+
+
+def output_renames(output_filename: str | None) -> dict[str, str]:
+    """vmwu's own names in the output directory: a guest's entry of such a name is written
+    under the name given here, so that vmwu's file never goes through the guest's."""
+    names = [CONSOLE_LOG, STATUS_JSON]
+    if output_filename and "/" not in output_filename.strip("/"):
+        names.append(output_filename.strip("/"))
+    return {n: f"{n}.app" for n in names}
+
+
+def read_outputs(
+    out_disk: Path, out_dir: Path, output_filename: str | None
+) -> tuple[dict[str, Any], list[str]]:
+    """Copy the files of the output disk into ``out_dir`` through the safe door; the
+    guest's own status and the entries that were not written (with why)."""
+    tree = ext4_read.scan(out_disk)
+    guest_status: dict[str, Any] = {}
+    raw = tree.read(f"{GUEST_STATE_DIR}/status.json", _GUEST_STATUS_LIMIT)
+    if raw is not None:
+        try:
+            parsed = json.loads(raw)
+            guest_status = parsed if isinstance(parsed, dict) else {"unreadable": True}
+        except ValueError:
+            guest_status = {"unreadable": True}
+    with SafeDir.open(out_dir) as dest:
+        report = tree.extract(
+            dest,
+            skip_top=("lost+found", GUEST_STATE_DIR),
+            rename_top=output_renames(output_filename),
+        )
+    skipped = [str(s) for s in report.skipped]
+    for line in skipped:
+        log.warning("output not copied: %s", line)
+    return guest_status, skipped
+
+
 def collect(
     prepared: Prepared,
     machine: QemuMachine,
@@ -111,24 +154,17 @@ def collect(
     error = classify(state, early, machine, console, out_dir)
     out_disk = inst / "output.raw"
     guest_status: dict[str, Any] = {}
+    skipped: list[str] = []
     collect_error: VmwuError | None = None
     try:
-        written = ext4.read_tree(out_disk, out_dir, skip=("lost+found",))
-        for entry in written:
-            if entry.name in (CONSOLE_LOG, STATUS_JSON):
-                entry.rename(out_dir / f"{entry.name}.app")
-        state_dir = out_dir / ".vmwu"
-        if (state_dir / "status.json").is_file():
-            try:
-                guest_status = json.loads((state_dir / "status.json").read_text())
-            except ValueError:
-                guest_status = {"unreadable": True}
-        shutil.rmtree(state_dir, ignore_errors=True)
+        guest_status, skipped = read_outputs(out_disk, out_dir, opts.output_filename)
     except VmwuError as exc:
         collect_error = exc
-    if opts.output_filename:
-        keep_output_image(out_disk, out_dir / opts.output_filename)
-    shutil.copyfile(console, out_dir / CONSOLE_LOG) if console.exists() else None
+    with SafeDir.open(out_dir) as dest:
+        if opts.output_filename:
+            keep_output_image(out_disk, dest, opts.output_filename)
+        if console.exists():
+            dest.copy_file_in(console, CONSOLE_LOG)
     if error is None and collect_error is not None:
         error = collect_error
     app_code = state.exit_code
@@ -166,6 +202,7 @@ def collect(
         "qemu_cpu_seconds": round(machine.cpu_seconds, 3),
         "console_log": CONSOLE_LOG,
         "guest": guest_status,
+        "outputs_not_copied": skipped,
         "cmdline": shlex.join(machine.argv),
         "accel": prepared.accel.accel,
         "accel_reason": prepared.accel.reason,
@@ -179,28 +216,45 @@ def delta(a: float | None, b: float | None) -> float | None:
     return round(b - a, 3)
 
 
-def keep_output_image(raw: Path, dest: Path) -> None:
-    if dest.suffix in (".qcow2", ".qcow"):
-        qemu_img.convert(raw, dest, src_format="raw", dst_format="qcow2", compress=True)
-    else:
-        # a sparse copy: an output disk is mostly empty
-        tools.run(["cp", "--sparse=always", raw, dest], disk_hint=str(dest.parent))
+def keep_output_image(raw: Path, dest: SafeDir, name: str) -> None:
+    """The output disk itself, kept as ``name`` (qcow2 for a .qcow2/.qcow name, else a
+    sparse raw copy), made in a private directory of vmwu's, then renamed into place.
+    ``name`` is the user's: relative to the output directory, which it may leave (the
+    thesis's ``-output-filename ../output.img``). Inside the output directory, where the
+    guest's entries are, no step of it is taken through a link."""
+    target = Path(os.path.normpath(dest.path / name))
+    if target == dest.path or dest.path in target.parents:
+        *dirs, leaf = rel_parts(str(target.relative_to(dest.path)), "--output-filename")
+        where = dest.walk(dirs, create=True)
+    else:  # outside the output directory: the user's own place
+        leaf = target.name
+        where = SafeDir.open(target.parent, create=True)
+    with where, where.private_dir() as private:
+        made = private.path / "image"
+        if leaf.endswith((".qcow2", ".qcow")):
+            qemu_img.convert(raw, made, src_format="raw", dst_format="qcow2", compress=True)
+        else:
+            tools.run(["cp", "--sparse=always", raw, made], disk_hint=str(where.path))
+        where.take(private, "image", leaf)
 
 
 def write_status(out_dir: Path, status: dict[str, Any]) -> None:
-    tmp = out_dir / f".{STATUS_JSON}.tmp"
-    tmp.write_text(json.dumps(status, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, out_dir / STATUS_JSON)
+    """status.json, written atomically; a guest's entry of that name is replaced, never
+    written through."""
+    data = (json.dumps(status, indent=2, sort_keys=True) + "\n").encode()
+    with SafeDir.open(out_dir) as dest:
+        dest.write_atomic(STATUS_JSON, data)
 
 
-def salvage(inst: Path, out_dir: Path, err: VmwuError) -> None:
+def salvage(inst: Path, out_dir: Path, err: VmwuError, output_filename: str | None) -> None:
     """Keep what we can after an interruption."""
     try:
-        if (inst / CONSOLE_LOG).exists() and out_dir.is_dir():
-            shutil.copyfile(inst / CONSOLE_LOG, out_dir / CONSOLE_LOG)
-        if (inst / "output.raw").exists() and out_dir.is_dir():
-            ext4.read_tree(inst / "output.raw", out_dir)
-            shutil.rmtree(out_dir / ".vmwu", ignore_errors=True)
+        if out_dir.is_dir():
+            if (inst / "output.raw").exists():
+                read_outputs(inst / "output.raw", out_dir, output_filename)
+            if (inst / CONSOLE_LOG).exists():
+                with SafeDir.open(out_dir) as dest:
+                    dest.copy_file_in(inst / CONSOLE_LOG, CONSOLE_LOG)
         write_status(
             out_dir,
             {

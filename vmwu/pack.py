@@ -100,12 +100,6 @@ def select_base(spec: Spec, catalog: Catalog, *, interactive: bool | None = None
             hint="`vmwu base list` shows what the catalog has",
         )
     ask = spec.base_image_autosource_interaction if interactive is None else interactive
-    if ask and not sys.stdin.isatty():
-        raise BadInput(
-            f"{spec.origin('base-image-autosource-interaction')}: choosing a base interactively "
-            "needs a terminal",
-            hint="pass --base-image-autosource-interaction 0 to take the first match",
-        )
     try:
         app_arch = canonical_arch(spec.app_architecture)
     except BadInput as exc:  # name the option and where it was set
@@ -115,7 +109,14 @@ def select_base(spec: Spec, catalog: Catalog, *, interactive: bool | None = None
             parse_os(spec.app_os)  # checked here too, so that the error names the option
         except BadInput as exc:
             raise SpecError(spec.origin("app-os"), exc.message, hint=exc.hint) from None
-    return choose_base(catalog, app_arch, spec.app_os, interactive=ask)
+    try:
+        # the answer comes from standard input, a terminal or not (thesis 6.3: the tool read
+        # it from stdin; scripts pipe it in: printf '2\n' | vmwu pack m.gvap)
+        return choose_base(catalog, app_arch, spec.app_os, interactive=ask)
+    except BadInput as exc:  # no answer: name the option and where it was set
+        raise BadInput(
+            f"{spec.origin('base-image-autosource-interaction')}: {exc.message}", hint=exc.hint
+        ) from None
 
 
 def token_values(spec: Spec, base: BaseImage) -> dict[str, str]:

@@ -207,6 +207,13 @@ def test_output_image_kept_and_extractable(vmwu: Vmwu) -> None:
     ex = vmwu("extract", image, dest)
     assert ex.returncode == 0, ex.stderr
     assert (dest / "k.txt").read_text() == "kept\n"
+    # the thesis's Phaser plan keeps the image beside the output directory
+    result, out, _ = vmwu.run(unit, "--output-filename", "../up.img", out="out2")
+    assert result.returncode == 0, result.stderr
+    assert (vmwu.tmp / "up.img").is_file() and not (out / "up.img").exists()
+    result, out, _ = vmwu.run(unit, "--output-filename", "sub/in.img", out="out3")
+    assert result.returncode == 0, result.stderr
+    assert (out / "sub" / "in.img").is_file()
 
 
 def test_referenced_base_missing_on_node(vmwu: Vmwu, tmp_path: Path) -> None:

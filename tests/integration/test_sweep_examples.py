@@ -93,10 +93,11 @@ def test_the_thesis_phaser_plan_runs_with_only_its_launcher_line_changed(vmwu: V
     for job in summary(res)["jobs"]:
         index = job["params"]["index"]
         out = res / job["result"]
-        # what the plan copies back: the output image and the launcher's two logs
-        assert (out / f"output_{index}.img").stat().st_size > 0
-        assert (out / f"gval_{index}.out").is_file()
-        assert "exit 0" in (out / f"gval_{index}.err").read_text()
+        # what the plan copies back, into the experiment's directory as in Nimrod: the
+        # output image and the launcher's two logs
+        assert (res / f"output_{index}.img").stat().st_size > 0
+        assert (res / f"gval_{index}.out").is_file()
+        assert "exit 0" in (res / f"gval_{index}.err").read_text()
         # and the vmwu run's outputs, kept with the job
         assert "STAND-IN" in (out / "phaser.out").read_text()
         sums.add((out / "phaser.sum").read_text())

@@ -38,7 +38,7 @@ from vmwu.bases.register import direct_kernel_base
 from vmwu.bases.tiny import DIRS, PROFILES, applet_links, module_order
 from vmwu.catalog import BaseImage, Catalog
 from vmwu.errors import BadInput
-from vmwu.images import cpio, ext4, qemu_img, rootfs
+from vmwu.images import cpio, ext4, ext4_read, qemu_img, rootfs
 from vmwu.unit import FileRole
 
 Step = Callable[[str], None]
@@ -208,7 +208,7 @@ def build_debian(
                 work=tmp,
                 console=console_log,
             )
-            dpkg_status = ext4.read_file(tmp / "root.raw", "/var/lib/dpkg/status") or b""
+            dpkg_status = ext4_read.read_file(tmp / "root.raw", "/var/lib/dpkg/status") or b""
             # the .deb files the guest installed and deleted still fill their blocks
             ext4.compact(tmp / "root.raw", tmp / "compact.raw")
             (tmp / "compact.raw").rename(tmp / "root.raw")

@@ -25,7 +25,7 @@ from pathlib import Path
 from vmwu import guest
 from vmwu.bases.mmdebstrap import SECOND_STAGE_DEBS
 from vmwu.errors import GuestTimeout, HostFailure
-from vmwu.images import ext4, rootfs
+from vmwu.images import ext4_read, rootfs
 from vmwu.vmm.qemu import Drive, MachineConfig, QemuMachine
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def run(
                 f"the {arch} second stage did not finish in {timeout:.0f} s: {_tail(console)}",
                 hint=f"the guest's console is kept in {console}",
             )
-    verdict = (ext4.read_file(disk, STATUS) or b"").decode(errors="replace").strip()
+    verdict = (ext4_read.read_file(disk, STATUS) or b"").decode(errors="replace").strip()
     if verdict != "ok":
         raise HostFailure(
             f"installing the {arch} packages in the guest failed: "

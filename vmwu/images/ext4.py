@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -123,43 +122,6 @@ def _pin_ctimes(image: Path, src: Path, epoch: int) -> None:
         os.unlink(script)
 
 
-def read_tree(image: Path, dest: Path, *, skip: tuple[str, ...] = ("lost+found",)) -> list[Path]:
-    """Copy every file of the file system in ``image`` into ``dest`` (created), without
-    mounting. Returns the top-level entries written. Symlinks are recreated as symlinks
-    (never followed); ``skip`` names top-level entries to leave out."""
-    dest.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".vmwu-rdump-", dir=dest))
-    try:
-        # rdump writes "<dest>/<basename of the source dir>"; dumping "/" gives the tree
-        # directly inside scratch. -p keeps owner/mode where possible.
-        proc = tools.run(["debugfs", "-R", f"rdump / {scratch}", image], disk_hint=str(dest))
-        # debugfs exits 0 even when it cannot open the file system ("... while trying to
-        # open IMAGE", "rdump: Filesystem not open"): without this check an unreadable
-        # image would silently give no files at all.
-        err = proc.stderr.decode(errors="replace")
-        if "while trying to open" in err or "Filesystem not open" in err:
-            detail = next((ln for ln in err.splitlines() if "while trying to open" in ln), "")
-            raise BadInput(
-                f"{image} holds no ext2/3/4 file system that debugfs can read"
-                + (f": {detail.removeprefix('debugfs: ').strip()}" if detail else "")
-            )
-        written: list[Path] = []
-        for entry in sorted(scratch.iterdir()):
-            if entry.name in skip:
-                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink()
-                continue
-            target = dest / entry.name
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            elif target.exists() or target.is_symlink():
-                target.unlink()
-            os.replace(entry, target)
-            written.append(target)
-        return written
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
 def compact(image: Path, dest: Path) -> None:
     """Copy the ext4 file system in ``image`` to ``dest`` with only its used blocks (the
     rest are holes, which ``qemu-img convert`` skips): what deleted files left behind
@@ -167,17 +129,8 @@ def compact(image: Path, dest: Path) -> None:
     tools.run(["e2image", "-ra", image, dest], disk_hint=str(dest.parent))
 
 
-def read_file(image: Path, path: str) -> bytes | None:
-    """Contents of one file in the image (``None`` if it does not exist)."""
-    proc = tools.run(["debugfs", "-R", f"cat {path}", image], check=False)
-    err = proc.stderr.decode(errors="replace")
-    if proc.returncode != 0 or "File not found" in err:
-        return None
-    return proc.stdout
-
-
 def free_bytes(image: Path) -> int | None:
-    """Free bytes of the file system in ``image`` per its superblock."""
+    """Free bytes of the file system in ``image`` (one vmwu made) per its superblock."""
     out = tools.run(["debugfs", "-R", "stats", image], check=False).stdout.decode()
     free = block = None
     for line in out.splitlines():

@@ -103,6 +103,13 @@ def _run_parser() -> argparse.ArgumentParser:
         help="slurm, sge: run K jobs one after the other in each array task (short jobs)",
     )
     p.add_argument("--keep-work", action="store_true", help="keep the jobs' node directories")
+    p.add_argument(
+        "--max-jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="refuse plans of more than N jobs (default 100000)",
+    )
     p.add_argument("--dry-run", action="store_true", help="check the plan and list the jobs")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     return p
@@ -207,10 +214,14 @@ def cmd_run(argv: list[str]) -> int:
         keep_work=ns.keep_work,
         executor_options=exec_opts,
     )
+    if ns.max_jobs is not None:
+        if ns.max_jobs < 1:
+            raise BadInput(f"--max-jobs {ns.max_jobs}: must be at least 1")
+        opts.max_jobs = ns.max_jobs
     if ns.dry_run:
         plan = load_plan(plan_path)
         input_dir = opts.input_dir or plan_path.absolute().parent
-        for job in prepare_jobs(plan, input_dir, opts.overrides):
+        for job in prepare_jobs(plan, input_dir, opts.overrides, opts.max_jobs):
             print(job.id, json.dumps(job.params, sort_keys=True))
         return 0
     results = Path(ns.results or f"{plan_path.stem}-results").absolute()
@@ -218,7 +229,7 @@ def cmd_run(argv: list[str]) -> int:
     # Everything that can be checked is, before anything is created: the plan, its jobs,
     # and whether the executor can be reached.
     plan = load_plan(plan_path)
-    prepare_jobs(plan, opts.input_dir or plan_path.absolute().parent, opts.overrides)
+    prepare_jobs(plan, opts.input_dir or plan_path.absolute().parent, opts.overrides, opts.max_jobs)
     get_executor(executor, Context(results, "check", options=exec_opts)).check()
     results.mkdir(parents=True, exist_ok=True)
     return drive(results, quiet=ns.quiet, create_args=(plan_path, opts))
@@ -327,13 +338,17 @@ def cmd_export(argv: list[str]) -> int:
     p.add_argument("-o", "--output", required=True, help="directory to write (new or empty)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--input-dir")
+    p.add_argument("--max-jobs", type=int, default=None, metavar="N")
     ns = p.parse_args(argv)
+    if ns.max_jobs is not None and ns.max_jobs < 1:
+        raise BadInput(f"--max-jobs {ns.max_jobs}: must be at least 1")
     out = export_plan(
         Path(ns.plan),
         ns.format,
         Path(ns.output),
         overrides=list(ns.set),
         input_dir=Path(ns.input_dir) if ns.input_dir else None,
+        max_jobs=ns.max_jobs,
     )
     print(out)
     return 0

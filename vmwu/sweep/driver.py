@@ -7,9 +7,10 @@ Every state change is committed to the journal before it is acted on:
   ``submitted`` with the executor's handles. A crash in between is resolved on resume by
   :meth:`Executor.find` (the batch name is how the engine knows the jobs).
 - settle: when the executor says a job ended (or vanished), the results directory says how:
-  ``jobs/JOBID/`` → done or failed (as its job.json says); ``attempts/JOBID.aN/`` → an
-  infrastructure failure, retried; nothing → the node was lost (retried) or the job was
-  cancelled (the engine says so).
+  ``jobs/JOBID/`` → done or failed (as its job.json says), and the job's root-side outputs
+  (``copy node:X Y``) are put at ``RESULTS/Y``, never over another job's or a file the
+  sweep did not write; ``attempts/JOBID.aN/`` → an infrastructure failure, retried;
+  nothing → the node was lost (retried) or the job was cancelled (the engine says so).
 - resume (:meth:`Driver.reconcile`): results present → settled exactly once (a result
   directory only ever appears by rename); jobs still queued or running → followed again,
   not resubmitted; jobs gone without a result → settled as above.
@@ -21,23 +22,24 @@ import contextlib
 import os
 import shutil
 import signal
-import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from vmwu.errors import Interrupted, VmwuError
 from vmwu.locks import held_by_this_process, holder
+from vmwu.sweep.commands import Place, TaskRun
 from vmwu.sweep.executors import Context, Executor, Observed, Phase, Submission, get_executor
-from vmwu.sweep.expand import source_path
+from vmwu.sweep.expand import NIMROD_VAR, root_relative
 from vmwu.sweep.experiment import Experiment
+from vmwu.sweep.hostcopy import kind_of, move_in
 from vmwu.sweep.journal import ACTIVE, JobRow, State
-from vmwu.sweep.layout import Layout, read_json
-from vmwu.sweep.model import Step, StepKind, Task
+from vmwu.sweep.layout import ROOT_STAGE, Layout, read_json
+from vmwu.sweep.model import Task, Value, format_value
 from vmwu.sweep.progress import SweepProgress
-from vmwu.sweep.runner import tool_path
+from vmwu.sweep.runner import node_directory, tool_path
 from vmwu.sweep.summary import write_summary
 
 SUMMARY_EVERY = 2.0  # seconds between rewrites of results.csv/json while running
@@ -104,6 +106,9 @@ class Driver:
                 self.executor.wait(self.executor.poll_interval)
             self.progress.update(self.journal.counts(), final=True)
             self.clean_leftovers()
+            if not self.exp.meta.get("keep_work"):
+                # what jobs left on this host's scratch (node:.., nodestart's files)
+                shutil.rmtree(node_directory(self.exp.id), ignore_errors=True)
         except KeyboardInterrupt:
             active = len(self.journal.jobs(ACTIVE))
             raise Interrupted(
@@ -237,6 +242,10 @@ class Driver:
     def from_result(self, row: JobRow) -> None:
         info = _job_json(self.layout.result(row.id))
         state = State.DONE if info.get("state") == "done" else State.FAILED
+        error = info.get("error")
+        problem = self.publish(row.id, info.get("root_files") or [])
+        if problem is not None:
+            state, error = State.FAILED, problem
         self.journal.transition(
             [row.id],
             state,
@@ -244,9 +253,42 @@ class Driver:
             node=info.get("node") or row.node,
             started_at=info.get("started") or row.started_at,
             finished_at=info.get("finished") or time.time(),
-            error=info.get("error"),
+            error=error,
             attempts=max(row.attempts, int(info.get("attempt") or 0)),
         )
+
+    def publish(self, job_id: str, files: Sequence[Any]) -> str | None:
+        """Put a job's root-side outputs (kept in its result as ``.root/REL``) at
+        ``RESULTS/REL``: never over another job's output or a file this sweep did not
+        write (a re-run of the same job replaces its own), never through a link. The
+        journal records who wrote what before the file moves, so a crash in between
+        is finished on resume. Returns what went wrong, if anything."""
+        results = self.exp.results
+        stage = self.layout.result(job_id) / ROOT_STAGE
+        for item in files:
+            try:
+                rel = root_relative(str(item), f"{job_id}/job.json")
+                owner = self.journal.root_file_owner(rel)
+                there = kind_of(results, rel) is not None
+                if kind_of(stage, rel) is None:
+                    if owner == job_id and there:
+                        continue  # put there before a crash of the driver
+                    return f"its output {rel} is missing from {stage}"
+                if there and owner != job_id:
+                    who = f"written by job {owner}" if owner else "not written by this sweep"
+                    return (
+                        f"its output {rel} was not put in {results}: a file of that name is "
+                        f"there ({who}); the job's copy is in {stage}"
+                    )
+                self.journal.set_root_file(rel, job_id)
+                move_in(stage, rel, results, replace=owner == job_id)
+            except (VmwuError, OSError) as err:
+                text = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+                return f"its output {item} was not put in {results}: {text}"
+        for here, _dirs, _files in os.walk(stage, topdown=False):
+            with contextlib.suppress(OSError):
+                os.rmdir(here)
+        return None
 
     def retry_or_fail(self, row: JobRow, why: str, info: dict[str, Any]) -> None:
         if row.attempts < self.max_attempts:
@@ -363,49 +405,30 @@ class Driver:
         if task is None or self.journal.meta().get(done_key):
             return
         self.progress.note(f"running task {name}")
-        run_root_task(task, self.exp.results, Path(self.exp.meta["input_dir"]))
+        run_root_task(
+            task,
+            self.exp.results,
+            Path(self.exp.meta["input_dir"]),
+            dict(self.exp.meta.get("single_values") or {}),
+        )
         self.journal.set_meta({done_key: time.time()})
 
 
-def run_root_task(task: Task, results: Path, input_dir: Path) -> None:
-    """rootstart/rootfinish: on the submit host, in the results directory; output to
-    ``root.log``. ``copy`` sources are plan-relative, destinations results-relative."""
-    log_path = results / "root.log"
-    with open(log_path, "a", encoding="utf-8") as log:
-        for step in task.steps:
-            _root_step(step, task.name, results, input_dir, log, log_path)
-
-
-def _root_step(
-    step: Step, task: str, results: Path, input_dir: Path, log: Any, log_path: Path
+def run_root_task(
+    task: Task, results: Path, input_dir: Path, values: Mapping[str, Value] | None = None
 ) -> None:
-    if step.kind is StepKind.COPY:
-        src, dest = (a.render({}, env=os.environ) for a in step.args)
-        source = source_path(src, input_dir)
-        target = results / dest.removeprefix("root:")
-        log.write(f"vmwu: {task}: copy {source} {target}\n")
-        if source.is_dir():
-            shutil.copytree(source, target, dirs_exist_ok=True)
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
-        return
-    command = step.args[0].render({})
-    log.write(f"vmwu: {task}: execute {command}\n")
-    log.flush()
-    code = subprocess.run(
-        ["sh", "-c", command],
-        cwd=results,
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PATH": tool_path(), "VMWU_RESULTS": str(results)},
-        check=False,
-    ).returncode
-    if code != 0:
-        raise TaskFailed(
-            f"{step.where}: task {task}: the command exited with {code}", hint=f"see {log_path}"
-        )
+    """rootstart/rootfinish: on the submit host, in the results directory, seeing the
+    parameters with one value; output to ``root.log``. ``copy`` sources are plan-relative,
+    destinations results-relative."""
+    values = dict(values or {})
+    log_path = results / "root.log"
+    env = {**os.environ, "PATH": tool_path(), "VMWU_RESULTS": str(results)}
+    env.update({NIMROD_VAR + k: format_value(v) for k, v in values.items()})
+    with open(log_path, "ab") as log:
+        log.write(f"vmwu: task {task.name}\n".encode())
+        outcome = TaskRun(Place(task.name, results, input_dir, values, env, log)).run(task.steps)
+    if outcome.state != "done":
+        raise TaskFailed(f"task {task.name} failed: {outcome.error}", hint=f"see {log_path}")
 
 
 class TaskFailed(VmwuError):

@@ -20,10 +20,18 @@ from typing import Any
 
 from vmwu.errors import BadInput, HostDiskFull
 from vmwu.sweep.executors import check_name
-from vmwu.sweep.expand import Job, check_references, check_sources, expand, parse_overrides
+from vmwu.sweep.expand import (
+    DEFAULT_MAX_JOBS,
+    Job,
+    check_paths,
+    check_references,
+    expand,
+    parse_overrides,
+    single_values,
+)
 from vmwu.sweep.journal import Journal
 from vmwu.sweep.layout import Layout, write_json
-from vmwu.sweep.model import Plan
+from vmwu.sweep.model import Plan, Value
 from vmwu.sweep.plan import load_plan, read_text
 
 
@@ -38,6 +46,7 @@ class SweepOptions:
     force: bool = False
     keep_work: bool = False
     executor_options: dict[str, Any] = field(default_factory=dict)
+    max_jobs: int = DEFAULT_MAX_JOBS
 
 
 @dataclass
@@ -62,12 +71,29 @@ def plan_hash(text: str, overrides: Sequence[str]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def prepare_jobs(plan: Plan, input_dir: Path, overrides: Sequence[str]) -> list[Job]:
-    """Every check that can be made before anything runs; the jobs."""
-    check_references(plan)
-    jobs = expand(plan, input_dir, parse_overrides(plan, overrides))
-    check_sources(plan, jobs, input_dir)
-    return jobs
+@dataclass
+class Prepared:
+    jobs: list[Job]
+    single: dict[str, Value]  # what rootstart, nodestart and rootfinish see
+
+
+def prepare(
+    plan: Plan, input_dir: Path, overrides: Sequence[str], max_jobs: int = DEFAULT_MAX_JOBS
+) -> Prepared:
+    """Every check that can be made before anything runs: the jobs are counted (and
+    refused beyond ``max_jobs``), made, and every task's names and paths checked for each."""
+    values = parse_overrides(plan, overrides)
+    jobs = expand(plan, input_dir, values, max_jobs)
+    single = single_values(plan, input_dir, values)
+    check_references(plan, single=single)
+    check_paths(plan, jobs, input_dir, single)
+    return Prepared(jobs, single)
+
+
+def prepare_jobs(
+    plan: Plan, input_dir: Path, overrides: Sequence[str], max_jobs: int = DEFAULT_MAX_JOBS
+) -> list[Job]:
+    return prepare(plan, input_dir, overrides, max_jobs).jobs
 
 
 def check_results_dir(results: Path) -> None:
@@ -95,7 +121,10 @@ def create(plan_path: Path, results: Path, opts: SweepOptions) -> Experiment:
     input_dir = (opts.input_dir or plan_path.parent).absolute()
     if not input_dir.is_dir():
         raise BadInput(f"--input-dir {input_dir} is not a directory")
-    jobs = prepare_jobs(plan, input_dir, opts.overrides)
+    if opts.max_jobs < 1:
+        raise BadInput(f"--max-jobs {opts.max_jobs}: must be at least 1")
+    prepared = prepare(plan, input_dir, opts.overrides, opts.max_jobs)
+    jobs = prepared.jobs
     digest = plan_hash(text, opts.overrides)
     results = results.absolute()
     layout = Layout(results)
@@ -140,6 +169,7 @@ def create(plan_path: Path, results: Path, opts: SweepOptions) -> Experiment:
             "created": meta.get("created", time.time()),
             "batches": meta.get("batches", 0),
             "parameters": [p.name for p in plan.parameters],
+            "single_values": prepared.single,
         }
         layout.make_dirs()
         shutil.copyfile(plan_path, results / copy_name)
@@ -163,6 +193,7 @@ _NODE_KEYS = (
     "max_attempts",
     "retry_app_failures",
     "keep_work",
+    "single_values",
 )
 
 

@@ -2,7 +2,8 @@
 
 Tables: ``experiment`` (key/value: plan path and hash, executor, options, created),
 ``jobs`` (one row per job: parameters, state, attempts, exit code, node, the executor's
-handle, timestamps) and ``events`` (every state change, for the timeline report).
+handle, timestamps), ``events`` (every state change, for the timeline report) and
+``root_files`` (which job wrote each of the plan's root-side outputs in RESULTS).
 
 Only the driver writes (``vmwu sweep status``/``report`` read). Every state change is
 committed before the driver acts on it, so a driver killed at any moment leaves a journal
@@ -91,6 +92,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
+CREATE TABLE IF NOT EXISTS root_files (path TEXT PRIMARY KEY, job TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     n INTEGER PRIMARY KEY AUTOINCREMENT,
     job TEXT NOT NULL,
@@ -283,6 +285,16 @@ class Journal:
             "INSERT INTO events (job, at, state, attempt, detail) VALUES (?, ?, ?, ?, ?)",
             (jid, now, str(to), values.get("attempts", row["attempts"]), detail),
         )
+
+    # -- root-side outputs --------------------------------------------------------------
+
+    def root_file_owner(self, path: str) -> str | None:
+        row = self.conn.execute("SELECT job FROM root_files WHERE path = ?", (path,)).fetchone()
+        return None if row is None else str(row["job"])
+
+    def set_root_file(self, path: str, job_id: str) -> None:
+        with self._write() as c:
+            c.execute("INSERT OR REPLACE INTO root_files (path, job) VALUES (?, ?)", (path, job_id))
 
     def events(self) -> list[dict[str, Any]]:
         rows = self.conn.execute("SELECT job, at, state, attempt, detail FROM events ORDER BY n")

@@ -8,6 +8,8 @@ driver and the nodes)::
       spec/JOBID.json       one job's parameters
       jobs/JOBID/           a finished job's result: outputs, console.log, status.json,
                             task.log, job.json; created only by an atomic rename
+      jobs/JOBID/.root/     the job's root-side outputs (copy node:X Y) until the driver
+                            puts them at RESULTS/Y when it settles the job
       jobs/.JOBID.tmp-…     a result being written (never read)
       attempts/JOBID.aN/    an attempt that failed for the infrastructure and will be retried
       run/JOBID.aN.json     written by a job when it starts: host, pid, start time
@@ -25,6 +27,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+ROOT_STAGE = ".root"
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,13 @@
     range = { from = 1, to = 20, step = 1 }  # or points = N
     # default = 5 | select = ["a", "b"] | oneof = ["a", "b"] | random = { from, to, points }
 
-    [task.main]
+    [task.main]                               # also task.rootstart, nodestart, rootfinish
     steps = [
+        { onerror = "ignore" },
+        { redirect = "stdout", to = "out.txt", append = true },
         { copy = "${index}.pha", to = "node:input.pha" },
-        { execute = "vmwu run ../${gva} --files input.pha" },
+        { execute = "vmwu run ../${gva} --files input.pha" },   # or shexec = "…"
+        { exec = ["echo", "${index}"] },
         { substitute = "node:template.txt", to = "node:config.txt" },
         { copy = "node:out.dat", to = "out_${index}.dat" },
     ]
@@ -21,24 +24,29 @@ text appears (after its table's header): good enough to find it.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import tomllib
 from collections.abc import Callable, Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from vmwu.errors import SpecError
 from vmwu.sweep.model import (
     IDENT,
+    ROOT_TASKS,
     TASKS,
     DefaultDomain,
     Domain,
+    Number,
     Parameter,
     ParamType,
     Plan,
     RandomDomain,
     RangeDomain,
     SelectDomain,
+    Side,
     Step,
     StepKind,
     Task,
@@ -47,13 +55,14 @@ from vmwu.sweep.model import (
     Where,
     check_domain,
     check_plan,
-    check_value,
+    convert,
     fail,
+    format_value,
+    to_number,
 )
 
 _AT = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 DOMAINS = ("default", "range", "select", "oneof", "random")
-STEP_KEYS = {"copy": StepKind.COPY, "execute": StepKind.EXECUTE, "substitute": StepKind.SUBSTITUTE}
 
 
 class _Locator:
@@ -180,46 +189,49 @@ def _domain(
         raise fail(where, f"{key} must be a table like {{ from = 1, to = 10, step = 1 }}")
     allowed = ("from", "to", "step", "points") if key == "range" else ("from", "to", "points")
     _known(table, allowed, loc, after, f"{key} key")
-    nums = {k: _number(table, k, where) for k in table}
+    nums = {
+        k: _number(table, k, where, ParamType.INTEGER if k == "points" else p_type) for k in table
+    }
     for needed in ("from", "to"):
         if needed not in nums:
             raise fail(where, f"{key} needs {needed}")
     if key == "random":
-        if "points" not in nums:
-            raise fail(where, "random needs points")
-        return RandomDomain(nums["from"], nums["to"], _count(nums["points"], where))
-    if ("step" in nums) == ("points" in nums):
-        raise fail(where, "range needs exactly one of step and points")
-    if "step" in nums:
-        return RangeDomain(nums["from"], nums["to"], step=nums["step"])
-    return RangeDomain(nums["from"], nums["to"], points=_count(nums["points"], where))
+        points = _count(nums["points"], where) if "points" in nums else 1
+        return RandomDomain(nums["from"], nums["to"], points)
+    if "step" in nums and "points" in nums:
+        raise fail(where, "range takes step or points, not both")
+    if "points" in nums:
+        return RangeDomain(nums["from"], nums["to"], points=_count(nums["points"], where))
+    return RangeDomain(nums["from"], nums["to"], step=nums.get("step", 1))
 
 
-def _number(table: Mapping[str, Any], key: str, where: Where) -> float:
+def _number(table: Mapping[str, Any], key: str, where: Where, p_type: ParamType) -> Number:
     value = table[key]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise fail(where, f"{key} must be a number, not {value!r}")
-    return float(value)
+    return _finite(value, where, key, p_type)
 
 
-def _count(value: float, where: Where) -> int:
-    if value != int(value):
-        raise fail(where, "points must be a whole number")
+def _finite(value: int | float, where: Where, what: str, p_type: ParamType) -> Number:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise fail(where, f"{what} must be a finite number, not {value}")
+    return to_number(Decimal(value), where, what, p_type)
+
+
+def _count(value: Number, where: Where) -> int:
+    if value != int(value) or value < 1:
+        raise fail(where, "points must be a whole number, at least 1")
     return int(value)
 
 
 def _scalar(value: Any, p_type: ParamType, where: Where) -> Value:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise fail(where, f"expected a number or a string, not {value!r}")
-    if p_type is ParamType.INTEGER and isinstance(value, float) and value == int(value):
-        value = int(value)
-    if p_type is ParamType.FLOAT and isinstance(value, int):
-        value = float(value)
-    if p_type in (ParamType.TEXT, ParamType.FILES) and not isinstance(value, str):
-        value = str(value)
-    check_value(p_type, value, where)
-    result: Value = value
-    return result
+    if p_type in (ParamType.TEXT, ParamType.FILES):
+        return convert(p_type, value if isinstance(value, str) else format_value(value), where)
+    if isinstance(value, str):
+        raise fail(where, f"{value!r} is not a number (the parameter is {p_type})")
+    return _finite(value, where, "the value", p_type)
 
 
 def _task(name: str, raw: Any, loc: _Locator) -> Task:
@@ -229,7 +241,7 @@ def _task(name: str, raw: Any, loc: _Locator) -> Task:
         close = difflib.get_close_matches(name, TASKS, n=1)
         raise fail(
             where,
-            f"unknown task {name!r} (vmwu runs main, rootstart and rootfinish)",
+            f"unknown task {name!r} (tasks: {', '.join(TASKS)})",
             f"did you mean '{close[0]}'?" if close else None,
         )
     if not isinstance(raw, dict) or not isinstance(raw.get("steps"), list):
@@ -238,30 +250,92 @@ def _task(name: str, raw: Any, loc: _Locator) -> Task:
     steps = []
     cursor = header
     for item in raw["steps"]:
-        step, cursor = _step(item, loc, cursor, where)
+        step, cursor = _step(item, loc, cursor, where, name)
         steps.append(step)
     return Task(name, tuple(steps), where)
 
 
-def _step(item: Any, loc: _Locator, after: int, task_where: Where) -> tuple[Step, int]:
+STEP_KEYS = ("copy", "execute", "shexec", "exec", "substitute", "onerror", "redirect")
+
+
+def _step(item: Any, loc: _Locator, after: int, task_where: Where, task: str) -> tuple[Step, int]:
     if not isinstance(item, dict):
         raise fail(task_where, f'a step must be a table like {{ execute = "..." }}, not {item!r}')
     kinds = [k for k in item if k in STEP_KEYS]
     if len(kinds) != 1:
-        raise fail(task_where, f"a step needs one of copy, execute, substitute: {item!r}")
+        raise fail(task_where, f"a step needs one of {', '.join(STEP_KEYS)}: {item!r}")
     key = kinds[0]
-    kind = STEP_KEYS[key]
-    _known(item, (key,) if kind is StepKind.EXECUTE else (key, "to"), loc, after, "step key")
+    allowed = {
+        "copy": (key, "to"),
+        "substitute": (key, "to"),
+        "redirect": (key, "to", "append"),
+    }.get(key, (key,))
+    _known(item, allowed, loc, after, "step key")
     start = loc.find(key, after)
-    values = [item[key]] if kind is StepKind.EXECUTE else [item[key], item.get("to")]
-    args = []
-    for value in values:
+    where = loc.at(start)
+    if key == "onerror":
+        if item[key] not in ("fail", "ignore"):
+            raise fail(where, f'onerror must be "fail" or "ignore", not {item[key]!r}')
+        return Step(StepKind.ONERROR, where, word=item[key], written=key), start + 1
+    if key == "redirect":
+        if item[key] not in ("stdout", "stderr"):
+            raise fail(where, f'redirect must be "stdout" or "stderr", not {item[key]!r}')
+        append = item.get("append", False)
+        if not isinstance(append, bool):
+            raise fail(where, "append must be true or false")
+        target = item.get("to")
+        if target is None:
+            return Step(StepKind.REDIRECT, where, word=item[key], written=key), start + 1
+        side = Side.ROOT if task in ROOT_TASKS else Side.NODE
+        (path,), (got,), start = _texts(loc, start, where, [target], [side], key)
+        if got is not side:
+            raise fail(where, f"redirect writes a file where task {task} runs: no {got}: here")
+        step = Step(StepKind.REDIRECT, where, (path,), word=item[key], append=append, written=key)
+        return step, start + 1
+    if key in ("execute", "shexec"):
+        (command,), _, start = _texts(loc, start, where, [item[key]], [None], key)
+        return Step(StepKind.EXECUTE, where, (command,), written=key), start + 1
+    if key == "exec":
+        words = item[key] if isinstance(item[key], list) else [item[key]]
+        if not words:
+            raise fail(where, 'exec needs a program: exec = ["PROGRAM", "ARGUMENT", …]')
+        argv, _, start = _texts(loc, start, where, words, [None] * len(words), key)
+        return Step(StepKind.EXEC, where, tuple(argv), written=key), start + 1
+    if task in ROOT_TASKS:
+        defaults: list[Side | None] = [Side.ROOT, Side.ROOT]
+    else:
+        defaults = [Side.ROOT, Side.NODE if key == "substitute" else Side.ROOT]
+    args, sides, start = _texts(loc, start, where, [item[key], item.get("to")], defaults, key)
+    kind = StepKind.COPY if key == "copy" else StepKind.SUBSTITUTE
+    return Step(kind, where, tuple(args), tuple(sides), written=key), start + 1
+
+
+def _texts(
+    loc: _Locator,
+    start: int,
+    where: Where,
+    values: list[Any],
+    defaults: list[Side | None],
+    key: str,
+) -> tuple[list[Template], list[Side], int]:
+    """Each value as a template (after a node:/root: prefix when a side is expected)."""
+    templates: list[Template] = []
+    sides: list[Side] = []
+    for value, default in zip(values, defaults, strict=True):
         if not isinstance(value, str) or not value:
-            raise fail(loc.at(start), f"{key} needs text" + ("" if len(values) == 1 else " and to"))
+            two = " and to" if len(values) == 2 else ""
+            raise fail(where, f"{key} needs text{two}")
         offset = loc.find(value, start)
-        args.append(Template.parse(value, _at(loc, offset)))
+        skip = 0
+        if default is not None:
+            side = default
+            for candidate in Side:
+                if value.startswith(f"{candidate}:"):
+                    side, skip = candidate, len(candidate) + 1
+            sides.append(side)
+        templates.append(Template.parse(value[skip:], _at(loc, offset + skip)))
         start = offset
-    return Step(kind, tuple(args), loc.at(loc.find(key, after))), start + 1
+    return templates, sides, start
 
 
 def _at(loc: _Locator, offset: int) -> Callable[[int], Where]:

@@ -3,47 +3,54 @@ runs one job's ``task main`` and leaves its result whole or not at all.
 
 1. A private working directory on the node (``node:``), under ``$VMWU_SWEEP_SCRATCH``
    (default ``$TMPDIR`` or /tmp) in a per-experiment directory, which is ``node:..``.
-2. The steps in order: ``copy`` in (plan-relative sources), ``execute`` (``sh -c`` with
-   parameter values shell-quoted, in the working directory, output to ``task.log``),
-   ``substitute`` (a template file with ``${name}``), ``copy node:X Y`` out.
+   The first job on a node runs ``task nodestart`` there (in ``node:../nodestart``, once,
+   under a lock); every job starts with what it left.
+2. The commands in order (:mod:`vmwu.sweep.commands`): ``copy`` in (plan-relative
+   sources), ``execute``/``shexec`` (``sh -c`` with values quoted for their place), ``exec``
+   (a program, no shell), ``substitute``, ``redirect``, ``onerror``; output to ``task.log``
+   unless redirected. ``copy node:X Y`` keeps X with the result (``.root/Y``); the driver
+   puts it at ``RESULTS/Y`` when it settles the job.
 3. The output directories of any ``vmwu run`` in the working directory (found by their
    ``status.json``) are kept with the result: one run's files at the top, several runs'
    under their own names.
-4. ``job.json`` (state, exit code, node, timings, attempt), then one ``os.rename`` of the
-   temporary result directory to ``RESULTS/jobs/JOBID`` (the job's result) or, when the
-   attempt failed for the infrastructure and will be retried, ``RESULTS/attempts/JOBID.aN``.
-   If a result is already there (a duplicate run), this one is thrown away.
+4. ``job.json`` (state, exit code, node, timings, attempt, root-side outputs), then one
+   ``os.rename`` of the temporary result directory to ``RESULTS/jobs/JOBID`` (the job's
+   result) or, when the attempt failed for the infrastructure and will be retried,
+   ``RESULTS/attempts/JOBID.aN``. If a result is already there (a duplicate run), this one
+   is thrown away.
 
-A non-zero exit of an execute step fails the job with that code. ``vmwu run`` exiting 243
-(never booted), 245 (VM crashed) or 247 (host failure), confirmed by its status.json, is an
-infrastructure failure: retried while attempts remain. SIGTERM (cancel, scancel) stops the
-steps, kills their processes (QEMU too) and leaves no result.
+A failing command fails the job with its code (unless ``onerror ignore``). ``vmwu run``
+exiting 243 (never booted), 245 (VM crashed) or 247 (host failure), confirmed by its
+status.json, is an infrastructure failure: retried while attempts remain. SIGTERM (cancel,
+scancel) stops the commands, kills their processes (QEMU too) and leaves no result.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import secrets
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import IO, Any
 
 from vmwu.errors import BadInput, ExitCode, HostDiskFull, VmwuError
 from vmwu.sweep import procs
-from vmwu.sweep.expand import source_path
-from vmwu.sweep.layout import Layout, read_json, write_json
-from vmwu.sweep.model import NODE, ROOT, Plan, Step, StepKind, Template, Value
+from vmwu.sweep.commands import Outcome, Place, TaskRun
+from vmwu.sweep.expand import NIMROD_VAR, job_values
+from vmwu.sweep.hostcopy import copy_untrusted, read_file
+from vmwu.sweep.layout import ROOT_STAGE, Layout, read_json, write_json
+from vmwu.sweep.model import Plan, Value, format_value
 
 INFRA_CODES = frozenset({ExitCode.NEVER_BOOTED, ExitCode.VM_CRASHED, ExitCode.HOST_FAILURE})
 RETRY_EXIT = 75  # EX_TEMPFAIL: this attempt left a retry record, not a result
@@ -53,13 +60,12 @@ class Cancelled(Exception):
     """SIGTERM: the job was cancelled (or its allocation is going away)."""
 
 
-@dataclass
-class Outcome:
-    state: str = "done"  # done | failed
-    exit_code: int | None = 0
-    error: str | None = None
-    infra: bool = False
-    steps: list[dict[str, Any]] = field(default_factory=list)
+class NodeStartFailed(Exception):
+    """Task nodestart failed on this node."""
+
+
+# Names of a result that are vmwu's: a vmwu run's outputs never land on them.
+OWN_NAMES = frozenset({"job.json", "task.log", ROOT_STAGE})
 
 
 def load_experiment(results: Path) -> tuple[dict[str, Any], Plan]:
@@ -105,10 +111,12 @@ def exec_jobs(results: Path, jobs: list[tuple[str, int]]) -> int:
     first = 0
     for job_id, attempt in jobs:
         try:
-            params: dict[str, Value] = read_json(layout.spec(job_id))["params"]
+            spec = read_json(layout.spec(job_id))
         except FileNotFoundError:
             raise BadInput(f"no job {job_id} in {results}") from None
-        code = Runner(layout, exp, plan, job_id, attempt, params).run()
+        params: dict[str, Value] = spec["params"]
+        index = int(spec.get("seq", 0)) + 1
+        code = Runner(layout, exp, plan, job_id, attempt, params, index).run()
         first = first or code
         if code == 128 + signal.SIGTERM:
             break  # cancelled (scancel): the others of this task do not start
@@ -124,6 +132,7 @@ class Runner:
         job_id: str,
         attempt: int,
         params: dict[str, Value],
+        index: int = 1,
     ) -> None:
         self.layout = layout
         self.exp = exp
@@ -131,16 +140,17 @@ class Runner:
         self.job_id = job_id
         self.attempt = attempt
         self.params = params
+        self.index = index
         self.host = socket.gethostname()
         self.input_dir = Path(exp["input_dir"])
-        scratch = Path(os.environ.get("VMWU_SWEEP_SCRATCH") or tempfile.gettempdir())
-        self.node_root = scratch / f"vmwu-sweep-{exp['id']}"
+        self.node_root = node_directory(str(exp["id"]))
         tag = f"a{attempt}-{self.host}-{os.getpid()}-{secrets.token_hex(3)}"
         self.work = self.node_root / f"{job_id}.{tag}"
         self.tmp = layout.jobs / f".{job_id}.tmp-{tag}"
-        self.child: subprocess.Popen[bytes] | None = None
+        self.task: TaskRun | None = None
+        self.root_files: list[str] = []
 
-    def env(self) -> dict[str, str]:
+    def env(self, values: dict[str, Value] | None = None) -> dict[str, str]:
         env = dict(os.environ)
         env["PATH"] = tool_path()
         env.update(
@@ -148,7 +158,12 @@ class Runner:
             VMWU_JOB_ATTEMPT=str(self.attempt),
             VMWU_WORK_DIR=str(self.work),
             VMWU_RESULTS=str(self.layout.root),
+            NIMROD_EXPNAME=str(self.exp["id"]),
         )
+        if values is None:
+            env.update(NIMROD_JOBINDEX=str(self.index), NIMROD_JOBNAME=str(self.index))
+            values = self.params
+        env.update({NIMROD_VAR + k: format_value(v) for k, v in values.items()})
         return env
 
     def run(self) -> int:
@@ -167,15 +182,20 @@ class Runner:
         )
         clean_stale_work(self.node_root, self.host)
         try:
-            self.work.mkdir(parents=True)
+            make_dir(self.work)
             self.tmp.mkdir(parents=True)
-            with open(self.tmp / "task.log", "w", encoding="utf-8") as log:
-                outcome = self.steps(log)
+            with open(self.tmp / "task.log", "wb") as log:
+                try:
+                    self.nodestart(log)
+                except NodeStartFailed as err:
+                    outcome = Outcome("failed", None, str(err), infra=True)
+                else:
+                    outcome = self.main(log)
             self.keep_vmwu_runs()
             return self.finish(outcome, started)
         except Cancelled:
-            if self.child is not None:
-                procs.kill_tree(self.child.pid)
+            if self.task is not None and self.task.child is not None:
+                procs.kill_tree(self.task.child.pid)
             print(f"vmwu: job {self.job_id}: cancelled", file=sys.stderr)
             return 128 + signal.SIGTERM
         except OSError as err:
@@ -187,113 +207,71 @@ class Runner:
             shutil.rmtree(self.tmp, ignore_errors=True)
             if not self.exp.get("keep_work"):
                 shutil.rmtree(self.work, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    os.rmdir(self.node_root)  # only if empty: other jobs may be using it
             self.layout.marker(self.job_id, self.attempt).unlink(missing_ok=True)
 
-    # -- steps ----------------------------------------------------------------------------
+    # -- tasks ----------------------------------------------------------------------------
 
-    def steps(self, log: TextIO) -> Outcome:
-        outcome = Outcome()
-        for number, step in enumerate(self.plan.main.steps, start=1):
-            t0 = time.time()
-            record: dict[str, Any] = {"step": number, "kind": str(step.kind), "at": str(step.where)}
-            try:
-                code = self.step(step, log)
-            except VmwuError as err:
-                code, outcome.error = None, str(err)
-            record.update(exit_code=code, seconds=round(time.time() - t0, 3))
-            outcome.steps.append(record)
-            if outcome.error is not None or code not in (0, None):
-                outcome.state = "failed"
-                outcome.exit_code = code
-                if code is not None:
-                    outcome.error = f"{step.where}: {step.kind} exited with {code}"
-                    outcome.infra = code in INFRA_CODES and self.vmwu_confirms(code)
-                break
-        return outcome
-
-    def step(self, step: Step, log: TextIO) -> int | None:
-        if step.kind is StepKind.EXECUTE:
-            return self.execute(step.args[0], log)
-        src, dest = (self.render_path(a) for a in step.args)
-        if step.kind is StepKind.SUBSTITUTE:
-            self.substitute(step, src, dest)
-        else:
-            self.copy(step, src, dest)
-        log.write(f"vmwu: {step.kind} {src} {dest}\n")
-        log.flush()
-        return None
-
-    def render_path(self, template: Template) -> str:
-        return template.render(self.params, env=os.environ)
-
-    def execute(self, template: Template, log: TextIO) -> int:
-        command = template.render(self.params, quote=True)
-        log.write(f"vmwu: execute {command}\n")
-        log.flush()
-        self.child = subprocess.Popen(
-            ["sh", "-c", command],
-            cwd=self.work,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=self.env(),
+    def main(self, log: IO[bytes]) -> Outcome:
+        place = Place(
+            "main",
+            self.work,
+            self.input_dir,
+            job_values(self.params, self.index),
+            self.env(),
+            log,
+            node_root=self.node_root,
+            stage=self.stage,
         )
-        code = self.child.wait()
-        self.child = None
-        if code in (-signal.SIGTERM, 128 + signal.SIGTERM):
-            # scancel (and `vmwu sweep cancel`) may signal the whole process tree at once:
-            # give our own SIGTERM a moment to arrive, so that a cancelled job does not
-            # leave a "failed" result behind.
-            time.sleep(0.5)
-        return 128 - code if code < 0 else code
+        self.task = TaskRun(place, infra=self.is_infra)
+        return self.task.run(self.plan.main.steps)
 
-    def node_path(self, text: str, where: str) -> Path:
-        rel = text.removeprefix(NODE) or "."
-        path = Path(os.path.normpath(self.work / rel))
-        if path != self.node_root and self.node_root not in path.parents:
-            raise BadInput(f"{where}: {text} is outside the job's node directories")
-        return path
+    def nodestart(self, log: IO[bytes]) -> None:
+        """Task nodestart, once on this node (the first job runs it, the others wait);
+        every job starts with (hard links to) what it left."""
+        task = self.plan.tasks.get("nodestart")
+        if task is None:
+            return
+        home = self.node_root / "nodestart"
+        done = self.node_root / ".nodestart.done"
+        with _locked(self.node_root / ".nodestart.lock"):
+            if not done.exists():
+                shutil.rmtree(home, ignore_errors=True)
+                home.mkdir()
+                single: dict[str, Value] = dict(self.exp.get("single_values") or {})
+                place = Place(
+                    "nodestart",
+                    home,
+                    self.input_dir,
+                    single,
+                    self.env(single),
+                    log,
+                    node_root=self.node_root,
+                )
+                self.task = TaskRun(place)
+                outcome = self.task.run(task.steps)
+                self.task = None
+                if outcome.state != "done":
+                    raise NodeStartFailed(f"task nodestart failed on {self.host}: {outcome.error}")
+                done.write_text(f"{self.host} {time.time()}\n")
+        for entry in home.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.copytree(entry, self.work / entry.name, symlinks=True, copy_function=_link)
+            else:
+                _link(entry, self.work / entry.name)
 
-    def copy(self, step: Step, src: str, dest: str) -> None:
-        where = str(step.where)
-        if src.startswith(NODE):
-            source = self.node_path(src, where)
-            if not source.exists():
-                raise BadInput(f"{where}: copy: {src} was not produced by the job")
-        else:
-            source = source_path(src, self.input_dir)
-            if not source.exists():
-                raise BadInput(f"{where}: copy: {source} does not exist")
-        if dest.startswith(NODE):
-            target = self.node_path(dest, where)
-        else:
-            target = self.tmp / dest.removeprefix(ROOT)
-        if target.is_dir() or dest.endswith("/"):
-            target = target / source.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # node:.. is shared by the node's jobs: land every copy with a rename
-        partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
-        if source.is_dir():
-            shutil.copytree(source, partial, symlinks=True)
-            if target.exists():
-                shutil.rmtree(target) if target.is_dir() else target.unlink()
-        else:
-            copy_file(source, partial)
-        os.replace(partial, target)
+    def is_infra(self, code: int) -> bool:
+        return code in INFRA_CODES and self.vmwu_confirms(code)
 
-    def substitute(self, step: Step, src: str, dest: str) -> None:
-        where = str(step.where)
-        source = (
-            self.node_path(src, where) if src.startswith(NODE) else source_path(src, self.input_dir)
-        )
-        try:
-            text = source.read_text(encoding="utf-8")
-        except OSError as err:
-            raise BadInput(f"{where}: substitute: cannot read {src}: {err.strerror}") from None
-        rendered = Template.parse(text, lambda i: step.where).render(self.params)
-        target = self.node_path(dest if dest.startswith(NODE) else NODE + dest, where)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(rendered, encoding="utf-8")
+    def stage(self, base: Path, rel: str, out: str) -> None:
+        """``copy node:X Y``: X is kept with the result as ``.root/Y``; the driver puts it
+        at ``RESULTS/Y`` when it settles the job."""
+        skipped = copy_untrusted(base, rel, self.tmp / ROOT_STAGE, out)
+        if skipped and self.task is not None:
+            self.task.note(f"copy skipped: {'; '.join(skipped)}")
+        if out not in self.root_files:
+            self.root_files.append(out)
 
     # -- outcome --------------------------------------------------------------------------
 
@@ -303,17 +281,18 @@ class Runner:
         for status in sorted(
             [*self.work.glob("*/status.json"), *self.work.glob("*/*/status.json")]
         ):
-            with contextlib.suppress(OSError, ValueError):
-                if "vmwu_version" in json.loads(status.read_text()):
-                    found.append(status.parent)
+            data = _status(self.work, str(status.relative_to(self.work)))
+            if data is not None and "vmwu_version" in data:
+                found.append(status.parent)
         return found
 
     def vmwu_confirms(self, code: int) -> bool:
         """Did a ``vmwu run`` report this code as its own failure (not the app's)?"""
         statuses = []
         for run in self.vmwu_runs():
-            with contextlib.suppress(OSError, ValueError):
-                statuses.append(json.loads((run / "status.json").read_text()))
+            data = _status(self.work, f"{run.relative_to(self.work)}/status.json")
+            if data is not None:
+                statuses.append(data)
         if not statuses:  # vmwu run failed before it wrote anything: trust the code
             return True
         return any(
@@ -326,7 +305,7 @@ class Runner:
             if len(runs) == 1:
                 for entry in run.iterdir():
                     target = self.tmp / entry.name
-                    if not target.exists():
+                    if entry.name not in OWN_NAMES and not target.exists():
                         _move(entry, target)
             else:
                 target = self.tmp / run.relative_to(self.work)
@@ -339,9 +318,7 @@ class Runner:
         retry_app = bool(self.exp.get("retry_app_failures"))
         retryable = outcome.state == "failed" and (outcome.infra or retry_app)
         final = not retryable or self.attempt >= max_attempts
-        run_status = {}
-        with contextlib.suppress(OSError, ValueError):
-            run_status = json.loads((self.tmp / "status.json").read_text())
+        run_status = _status(self.tmp, "status.json") or {}
         write_json(
             self.tmp / "job.json",
             {
@@ -351,6 +328,9 @@ class Runner:
                 "state": outcome.state,
                 "exit_code": outcome.exit_code,
                 "error": outcome.error,
+                "ignored_failures": outcome.ignored,
+                "root_files": self.root_files,
+                "index": self.index,
                 "infrastructure_failure": outcome.infra,
                 "final": final,
                 "node": self.host,
@@ -395,14 +375,45 @@ def clean_stale_work(node_root: Path, host: str) -> None:
                     shutil.rmtree(entry, ignore_errors=True)
 
 
-def copy_file(src: Path, dest: Path) -> None:
-    """Copy keeping holes (output images are mostly empty) and timestamps."""
-    if src.stat().st_size < 1024 * 1024:
-        shutil.copy2(src, dest)
-        return
-    from vmwu import tools
+def node_directory(experiment: str) -> Path:
+    """This node's directory for the experiment's jobs (``node:..``)."""
+    scratch = Path(os.environ.get("VMWU_SWEEP_SCRATCH") or tempfile.gettempdir())
+    return scratch / f"vmwu-sweep-{experiment}"
 
-    tools.run(["cp", "--sparse=always", "--preserve=timestamps", src, dest], disk_hint=str(dest))
+
+def _status(base: Path, rel: str) -> dict[str, Any] | None:
+    """A ``vmwu run`` status.json in a job's directories (read without following a link a
+    guest may have left; a small JSON object, or None)."""
+    try:
+        data = json.loads(read_file(base, rel, limit=1 << 20))
+    except (VmwuError, OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def make_dir(path: Path) -> None:
+    """``mkdir -p`` that survives another job removing the empty parent meanwhile."""
+    for _ in range(10):
+        try:
+            path.mkdir(parents=True)
+            return
+        except FileNotFoundError:
+            continue
+    path.mkdir(parents=True)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def _link(src: str | Path, dest: str | Path) -> None:
+    try:
+        os.link(src, dest, follow_symlinks=False)
+    except OSError:  # another file system, or no hard links there
+        shutil.copy2(src, dest, follow_symlinks=False)
 
 
 def tool_path() -> str:

@@ -299,10 +299,12 @@ class QemuMachine:
 
     def qemu_log_tail(self, lines: int = 5) -> str:
         try:
-            text = self.log_path.read_text(errors="replace").strip().splitlines()
+            with open(self.log_path, "rb") as fh:
+                fh.seek(max(0, fh.seek(0, os.SEEK_END) - 64 * 1024))
+                text = fh.read().decode(errors="replace").strip().splitlines()
         except OSError:
             return ""
-        return " / ".join(text[-lines:])
+        return " / ".join(line[:300] for line in text[-lines:])
 
     # -- QMP (connected lazily: the happy path never needs it) --------------------------
 

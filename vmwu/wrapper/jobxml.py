@@ -163,13 +163,23 @@ def _guest_relative(text: str, where: str) -> str:
     return text
 
 
+def _slot_relative(text: str, where: str) -> str:
+    """A file the wrapper writes in the slot: never outside it."""
+    path = PurePosixPath(text)
+    if path.is_absolute() or ".." in path.parts or not path.parts:
+        raise SpecError(
+            where, f"{text!r} must be a path relative to the slot directory, without '..'"
+        )
+    return text
+
+
 FIELDS: dict[str, Field] = {
     # BOINC wrapper
     "application": Field("application", _text),
     "command_line": Field("command_line", _command_line),
     "stdin_filename": Field("stdin_filename", _text),
-    "stdout_filename": Field("stdout_filename", _text),
-    "stderr_filename": Field("stderr_filename", _text),
+    "stdout_filename": Field("stdout_filename", _slot_relative),
+    "stderr_filename": Field("stderr_filename", _slot_relative),
     "weight": Field("weight", _weight),
     "checkpoint_filename": Field("checkpoint_filename", _text),
     "fraction_done_filename": Field("fraction_done_filename", _text),

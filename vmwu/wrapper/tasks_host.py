@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from vmwu.errors import BadInput
+from vmwu.hostfs import SafeDir, rel_parts
 from vmwu.vmm.lifetime import die_with_parent, reap
 from vmwu.wrapper.jobxml import TaskSpec
 
@@ -112,8 +113,11 @@ class HostTask:
             outs: list[IO[bytes] | int] = []
             for name in (task.stdout_filename, task.stderr_filename):
                 if name:
-                    # appended: a task restarted after a quit adds to what it wrote before
-                    out: IO[bytes] = open(self._path(name), "ab")
+                    # appended: a task restarted after a quit adds to what it wrote before;
+                    # opened without following links (a VM task may have left one there)
+                    *dirs, leaf = rel_parts(name, self.where)
+                    with SafeDir.open(self.slot) as slot, slot.walk(dirs, create=True) as d:
+                        out: IO[bytes] = open(d.open_append(leaf), "ab")
                     files.append(out)
                     outs.append(out)
                 else:

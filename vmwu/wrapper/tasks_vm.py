@@ -28,8 +28,17 @@ from pathlib import Path
 from typing import Any
 
 from vmwu import tools
-from vmwu.errors import BadInput, GuestNeverBooted, HostFailure, VMCrashed, VmwuError
-from vmwu.events import EventReader, InstanceState, Phase
+from vmwu.errors import (
+    BadInput,
+    GuestNeverBooted,
+    HostFailure,
+    UnsafeContent,
+    VMCrashed,
+    VmwuError,
+)
+from vmwu.events import EventReader, InstanceState, Phase, check_log_sizes
+from vmwu.hostfs import Report as CopyReport
+from vmwu.hostfs import SafeDir, rel_parts
 from vmwu.images import qemu_img
 from vmwu.instance import Prepared, RunOptions, prepare
 from vmwu.outcome import RunResult, collect, write_status
@@ -262,6 +271,10 @@ class VmTask:
         for event in self.events.read():
             self.state.apply(event, now)
         if code is None:
+            flood = check_log_sizes(self.events.path, machine.cfg.console_log)
+            if flood is not None:
+                machine.shutdown(timeout=2.0)
+                self.error = VMCrashed(f"{flood}; it was stopped")
             if self._boot_left is not None and not self.suspended:
                 if self.state.booted_at is not None:
                     self._boot_left = None
@@ -286,7 +299,7 @@ class VmTask:
         cfg = self.cfg
         if cfg is None or cfg.incoming is None or not self.start_how.startswith("warm"):
             return False
-        if machine.returncode in (0, None) or self.state.events:
+        if machine.returncode in (0, None) or self.state.event_count:
             return False
         self.report(f"warm start failed ({machine.qemu_log_tail()}); booting cold")
         self._cpu_done += machine.cpu_seconds
@@ -317,30 +330,38 @@ class VmTask:
         return self.result.exit_code
 
     def _copy_outputs(self, out: Path, *, ok: bool) -> None:
-        """stdout/stderr and the ``copy_file_from_VM`` files into the slot directory."""
+        """stdout/stderr and the ``copy_file_from_VM`` files into the slot directory,
+        through the safe door: what the guest made is never followed, and its links are
+        not copied (a BOINC client would upload what they point to)."""
+        report = CopyReport()
         streams = (
             ("stdout.log", self.task.stdout_filename),
             ("stderr.log", self.task.stderr_filename),
         )
-        for src, dest in streams:
-            if dest:
-                if (out / src).is_file():
-                    shutil.copyfile(out / src, self.slot / dest)
-                else:
-                    (self.slot / dest).write_bytes(b"")
-        if not ok:
-            return
         missing = []
-        for rel in self.task.copy_file_from_vm:
-            got, put = out / rel, self.slot / rel
-            put.parent.mkdir(parents=True, exist_ok=True)
-            if got.is_dir():
-                shutil.copytree(got, put, dirs_exist_ok=True)
-            elif got.is_file():
-                shutil.copyfile(got, put)
-            else:
-                missing.append(rel)
-        if missing and self.result is not None:
+        with SafeDir.open(out) as src, SafeDir.open(self.slot) as slot:
+            for name, dest in streams:
+                if dest:
+                    *dirs, leaf = rel_parts(dest, self.where)
+                    with slot.walk(dirs, create=True) as d:
+                        if src.lstat(name) is not None:
+                            d.copy_from(src, name, leaf, report, replace=True, links=False)
+                        else:
+                            d.write_atomic(leaf, b"")
+            if ok:
+                for rel in self.task.copy_file_from_vm:
+                    *dirs, leaf = rel_parts(rel, self.where)
+                    try:
+                        with src.walk(dirs) as s, slot.walk(dirs, create=True) as d:
+                            if s.lstat(leaf) is None:
+                                missing.append(rel)
+                                continue
+                            d.copy_from(s, leaf, leaf, report, replace=True, links=False)
+                    except UnsafeContent as exc:  # a guest's link or file where a folder was
+                        report.skip(rel, str(exc))
+        for skipped in report.skipped:
+            self.report(f"not copied into the slot: {skipped}")
+        if missing and ok and self.result is not None:
             self.error = BadInput(
                 f"{self.where}: the VM did not produce {', '.join(missing)} (copy_file_from_VM)",
                 hint=f"what it left is in {out}",
