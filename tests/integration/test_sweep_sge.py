@@ -137,7 +137,7 @@ FAILURES = """parameter n integer range from 1 to 4 step 1;
 task main
     # 1: fine; 2: the application exits 3; 3: exits 100 (an error state to Grid
     # Engine); 4: the job's runner is killed (SIGKILL), so it leaves no result
-    exec case ${n} in 2) exit 3 ;; 3) exit 100 ;; 4) kill -9 $PPID; sleep 5 ;; esac
+    node:execute case ${n} in 2) exit 3 ;; 3) exit 100 ;; 4) kill -9 \\$PPID; sleep 5 ;; esac
 endtask
 """
 
@@ -247,8 +247,8 @@ def test_cancel_goes_through_qdel(gvmwu: Vmwu) -> None:
 
 HELD = """parameter n integer range from 1 to 3 step 1;
 task main
-    exec echo ${n} > n.txt
-    copy node:n.txt n.txt
+    node:execute echo ${n} > n.txt
+    copy node:n.txt n.${n}.txt
 endtask
 """
 
@@ -279,7 +279,8 @@ def test_a_task_deleted_before_it_started_is_cancelled(gvmwu: Vmwu) -> None:
             driver.wait()
     jobs = by_n(res)
     assert jobs[1]["state"] == "done" and jobs[3]["state"] == "done"
-    assert (res / jobs[3]["result"] / "n.txt").read_text() == "3\n"
+    assert (res / "n.3.txt").read_text() == "3\n" and (res / "n.1.txt").is_file()
+    assert not (res / "n.2.txt").exists()
     assert jobs[2]["state"] == "cancelled"
     assert "deleted before it started (no accounting record)" in jobs[2]["error"]
 
