@@ -230,7 +230,7 @@ def job_name(experiment: str, batch: str) -> str:
 
 
 BATCH_SCRIPT = """#!/bin/sh
-# vmwu sweep: batch {batch} of {results} ({count} jobs), a Grid Engine array job
+# vmwu sweep: batch {batch} ({count} jobs), a Grid Engine array job
 {python} -m vmwu sweep exec-job {results_q} --list {listing} --line "$((SGE_TASK_ID - 1))"
 code=$?
 # 99 would make Grid Engine run the task again, 100 put it in an error state
@@ -283,7 +283,6 @@ class GridEngineExecutor(Executor):
         script.write_text(
             BATCH_SCRIPT.format(
                 batch=batch,
-                results=self.ctx.results,
                 count=len(subs),
                 python=shlex.quote(sys.executable),
                 results_q=shlex.quote(str(self.ctx.results)),
