@@ -25,6 +25,9 @@ PACKAGES+=(gridengine-master gridengine-exec gridengine-client)
 # libxml2-utils: xmllint for the OVF schema check (docs/bases.md).
 PACKAGES+=(mmdebstrap uidmap fakechroot fdisk mtools dosfstools syslinux syslinux-common ovmf
            libxml2-utils)
+# boinc-client: the real BOINC client (and boinccmd) that the tests of `vmwu wrap` under BOINC
+# start in a temporary data directory (docs/boinc.md); the system service is not used.
+PACKAGES+=(boinc-client)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -43,7 +46,8 @@ fi
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+# package: PyInstaller, for `vmwu boinc package` and its test.
+.venv/bin/pip install -q --disable-pip-version-check -e '.[dev,package]'
 # An editable install leaves vmwu's bytecode to be written at first import, which
 # PYTHONDONTWRITEBYTECODE (set on some machines, ours included) prevents: every `vmwu run`
 # would then compile its modules again (~0.1 s). A regular pip install compiles them.

@@ -3,7 +3,9 @@ catalog or cache."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -46,3 +48,17 @@ def run_vmwu(
 @pytest.fixture
 def cli() -> Iterator[object]:
     yield run_vmwu
+
+
+@pytest.fixture
+def process_mark(tmp_path: Path) -> Iterator[str]:
+    """A marker for the processes a test starts (tests/processes.py: put it in their
+    environment as MARK). Whatever still carries it when the test ends is killed, so a
+    failing test leaves nothing running."""
+    from tests.processes import carrying
+
+    mark = str(tmp_path)
+    yield mark
+    for pid in carrying(mark):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)

@@ -678,3 +678,11 @@ def test_reader_refuses_trailing_garbage_header(tmp_path: Path) -> None:
     path.write_bytes(data[:end] + b"\xff" * 512 + data[end + 512 :])
     with pytest.raises(UnitError, match="unreadable tar header"):
         OvaReader(path)
+
+
+@pytest.mark.parametrize("encoding", ["U0F-8", "no-such-codec", "utf-16", "latin-1"])
+def test_parse_reads_utf8_whatever_the_declaration_says(encoding: str) -> None:
+    """An unknown encoding name in the XML declaration made the parser raise LookupError
+    (exit 240; found by tests/test_ova_fuzz.py): the descriptor is read as UTF-8."""
+    data = render_ovf(make_desc()).replace(b'encoding="UTF-8"', f'encoding="{encoding}"'.encode())
+    assert parse_ovf(data, "u.ovf") == make_desc()

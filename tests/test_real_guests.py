@@ -319,7 +319,7 @@ def test_import_converts_a_vdi_and_checks_a_given_format(home: Home) -> None:
     one_error_line(
         home("base", "import", "-q", "disk.vdi", "--name", "w", "--format", "vmdk"),
         BAD_INPUT,
-        "is a vdi image, not vmdk",
+        "holds a vdi image but is declared vmdk",
     )
     result = home("base", "import", "disk.raw", "--name", "d", "--via", "daemon")
     shown = json.loads(home("base", "show", "d", "--json").stdout)

@@ -209,6 +209,16 @@ def test_a_unit_vm_task() -> None:
             "<copy_file_from_VM>../etc/passwd</copy_file_from_VM></task></job_desc>",
             "must be a path relative to the guest's output directory",
         ),
+        (  # issue 11: the wrapper's own outputs never land outside the slot
+            "<job_desc><task><application>a</application>"
+            "<stdout_filename>../../X</stdout_filename></task></job_desc>",
+            "'../../X' must be a path relative to the slot directory",
+        ),
+        (
+            "<job_desc><task><application>a</application>"
+            "<stderr_filename>/etc/cron.d/x</stderr_filename></task></job_desc>",
+            "'/etc/cron.d/x' must be a path relative to the slot directory",
+        ),
         (
             "<job_desc><task><virtualmachine>u.ova</virtualmachine>"
             "<setenv>A=1</setenv></task></job_desc>",

@@ -8,7 +8,7 @@ from typing import Any
 
 from vmwu.errors import BadInput
 from vmwu.hostfs import Report, SafeDir
-from vmwu.images import ext4_read, qemu_img
+from vmwu.images import ext4_read, inspect, qemu_img
 from vmwu.ova import OvaReader
 from vmwu.sizes import format_size
 from vmwu.unit import FileRole
@@ -49,11 +49,16 @@ def extract(image: Path, dest: Path, *, component: str = "output-disk") -> Repor
                     raise BadInput(f"{image} has no embedded {component}")
                 disk = tmp / f.href
                 reader.extract(f.href, disk)
-                fmt = f.format
+                fmt = inspect.check(  # before qemu-img converts it (docs/security-images.md)
+                    inspect.gather(disk),
+                    what=f"{f.role} {f.href} of {image}",
+                    declared=f.format,
+                    capacity=f.capacity,
+                )
         else:
+            # an image from outside (a guest wrote it): inspected, never probed by qemu-img
             disk = image
-            info = qemu_img.info(image)
-            fmt = str(info.get("format", "raw"))
+            fmt, _facts = inspect.inspect_file(image, what=f"the image {image}", declared=None)
         raw = disk
         if fmt != "raw":
             raw = tmp / "disk.raw"
@@ -70,11 +75,37 @@ def extract(image: Path, dest: Path, *, component: str = "output-disk") -> Repor
             return tree.extract(out)
 
 
+def check_members(reader: OvaReader) -> None:
+    """Every embedded member hashed against the manifest, and every embedded disk image
+    inspected as ``vmwu run`` inspects it (the same checks: the same answer)."""
+    desc = reader.descriptor
+    base_disk = desc.file(FileRole.BASE_DISK)
+    with tempfile.TemporaryDirectory(prefix="vmwu-inspect-") as tmp:
+        for f in desc.embedded_files():
+            if not f.is_disk:
+                reader.verify_member(f.href)
+                continue
+            disk = Path(tmp) / "disk"
+            reader.extract(f.href, disk)
+            backing = None
+            if f.role == FileRole.BASE_LAYER and base_disk is not None:
+                backing = (base_disk.sha256, base_disk.format)
+            inspect.check(
+                inspect.gather(disk),
+                what=f"{f.role} {f.href} of {reader.path}",
+                declared=f.format,
+                capacity=f.capacity,
+                backing=backing,
+            )
+            disk.unlink()
+
+
 def inspect_unit(path: Path, *, verify: bool = True) -> dict[str, Any]:
-    """The unit's OVF summary; with ``verify``, every member hashed against the manifest."""
+    """The unit's OVF summary; with ``verify``, every member hashed against the manifest
+    and every embedded disk image inspected."""
     with OvaReader(path) as reader:
         if verify:
-            reader.verify()
+            check_members(reader)
         d = reader.descriptor
         return {
             "name": d.name,
@@ -108,6 +139,7 @@ def inspect_unit(path: Path, *, verify: bool = True) -> dict[str, Any]:
             ],
             "unit_size": path.stat().st_size,
             "manifest": "verified" if verify else "not checked",
+            "images": "inspected" if verify else "not checked",
             "vmwu_version": d.vmwu_version,
         }
 
@@ -130,4 +162,6 @@ def format_summary(s: dict[str, Any]) -> str:
             f"{format_size(f['size']):>10}{cap}  {where}"
         )
     lines.append(f"manifest    {s['manifest']}")
+    if "images" in s:
+        lines.append(f"images      {s['images']}")
     return "\n".join(lines)

@@ -23,7 +23,7 @@ from vmwu.cache import NodeCache
 from vmwu.errors import BadInput
 from vmwu.images import qemu_img
 from vmwu.images.iso import IsoEntry, write_iso
-from vmwu.instance_files import cdrom_entries
+from vmwu.instance_files import cdrom_entries, file_destinations
 from vmwu.ova import OvaReader
 from vmwu.params import param_entries
 from vmwu.resolve import ResolvedDisks, resolve_files
@@ -117,6 +117,7 @@ def check_inputs(opts: RunOptions) -> None:
             f"for {len(opts.files)} files",
             hint="give one destination per file, comma-separated, in the same order",
         )
+    file_destinations(opts.files, opts.files_destination)
     for opt_name, path in (
         ("--input-image", opts.input_image),
         ("--output-image", opts.output_image),

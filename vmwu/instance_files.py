@@ -15,6 +15,22 @@ from vmwu.errors import BadInput
 from vmwu.images.iso import IsoEntry
 
 
+def file_destinations(files: Sequence[Path], destinations: Sequence[str]) -> list[str]:
+    """Where each of ``--files`` goes on the ISO (its ``--files-destination``, else its
+    name); BadInput when two go to the same place, which would silently drop one."""
+    given: dict[str, Path] = {}
+    for i, src in enumerate(files):
+        dest = (destinations[i] if destinations else src.name).strip().lstrip("/")
+        if dest in given:
+            option = "--files-destination" if destinations else "--files"
+            raise BadInput(
+                f"{option}: two files go to {dest!r} on the instance ISO ({given[dest]} and {src})",
+                hint="give each file its own destination name",
+            )
+        given[dest] = src
+    return list(given)
+
+
 def cdrom_entries(
     *,
     files: Sequence[Path],
@@ -26,10 +42,9 @@ def cdrom_entries(
     entries: list[IsoEntry] = []
     if cdrom_image is not None:
         entries += iso_files(cdrom_image)
-    for i, src in enumerate(files):
-        dest = destinations[i] if destinations else src.name
+    for src, dest in zip(files, file_destinations(files, destinations), strict=True):
         mode = 0o755 if src.stat().st_mode & 0o111 else 0o644
-        entries.append(IsoEntry(dest.strip().lstrip("/"), source=src, mode=mode))
+        entries.append(IsoEntry(dest, source=src, mode=mode))
     if instance_script is not None:
         entries.append(IsoEntry(".vmwu/instance-script", source=instance_script, mode=0o755))
     if instance_post_script is not None:

@@ -145,8 +145,9 @@ def download(
     release = str(info.get("release", "?"))
     step(f"resolving {', '.join(packages)} on Debian {release}")
     try:
-        tools.run([*argv, "update"], timeout=600)
-        tools.run([*argv, "install", "--download-only", "-y", *packages], timeout=1800)
+        # apt-get starts its download methods as children: a tree (vmwu.guard)
+        tools.run([*argv, "update"], timeout=600, tree=True)
+        tools.run([*argv, "install", "--download-only", "-y", *packages], timeout=1800, tree=True)
     except ToolFailed as exc:
         raise _apt_error(exc.stderr, release, arch) from None
     return sorted((root / "var/cache/apt/archives").glob("*.deb"))

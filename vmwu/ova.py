@@ -401,8 +401,10 @@ def _refuse_declaration(*_args: object) -> NoReturn:
 
 def _parse_xml(data: bytes, where: str) -> ET.Element:
     """Parse untrusted XML: DTDs (hence entities, billion laughs, external entities) are
-    refused by a first expat pass that stops at the ``<!DOCTYPE``, before any expansion."""
-    scanner = expat.ParserCreate()
+    refused by a first expat pass that stops at the ``<!DOCTYPE``, before any expansion.
+    The bytes are read as UTF-8 whatever encoding the XML declaration names (a descriptor
+    is UTF-8; an unknown name made the parser raise LookupError, found by the fuzzer)."""
+    scanner = expat.ParserCreate(encoding="UTF-8")
     scanner.StartDoctypeDeclHandler = _refuse_declaration
     scanner.EntityDeclHandler = _refuse_declaration
     scanner.ExternalEntityRefHandler = _refuse_declaration
@@ -413,12 +415,14 @@ def _parse_xml(data: bytes, where: str) -> ET.Element:
             f"{where} contains a DOCTYPE or ENTITY declaration, which vmwu refuses "
             "(a descriptor never needs one; this may be an attack)"
         ) from None
-    except expat.ExpatError as err:
-        raise UnitError(f"{where} is not well-formed XML: {err}") from None
+    except (expat.ExpatError, LookupError, ValueError) as err:
+        raise UnitError(f"{where} is not well-formed XML (UTF-8): {err}") from None
     try:
-        return ET.fromstring(data)
-    except ET.ParseError as err:  # pragma: no cover - the scan above catches these
-        raise UnitError(f"{where} is not well-formed XML: {err}") from None
+        parser = ET.XMLParser(encoding="UTF-8")
+        parser.feed(data)
+        return parser.close()
+    except (ET.ParseError, LookupError, ValueError) as err:  # pragma: no cover - scanned above
+        raise UnitError(f"{where} is not well-formed XML (UTF-8): {err}") from None
 
 
 class _Reader:
@@ -1125,6 +1129,21 @@ class OvaReader:
                 progress(done, total)
         if digest.hexdigest() != self.manifest[f.href]:
             raise self._mismatch(f.href)
+
+    def identity(self) -> str:
+        """A name for the exact file being read (device, inode, size, mtime and ctime of
+        the open file): the node cache remembers a verified unit under it, and any change
+        to the file (a copy over it, an edit, even a ``touch``) gives another name."""
+        st = os.fstat(self._raw.fileno())
+        ident = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+        return hashlib.sha256(ident.encode()).hexdigest()[:40]
+
+    def verify_member(self, href: str) -> None:
+        """Hash embedded member ``href`` against the manifest (UnitError if it differs)."""
+        f = next((f for f in self.descriptor.embedded_files() if f.href == href), None)
+        if f is None:
+            raise ValueError(f"{href!r} is not an embedded member of {self.path}")
+        self._copy(f, None, None, 0, f.size)
 
     def verify(self, progress: Progress | None = None) -> None:
         """Hash every embedded member against the manifest (and so the descriptor)."""

@@ -15,18 +15,18 @@ import logging
 import os
 import shlex
 import shutil
-import subprocess
+import stat
 import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmwu import AGENT_VERSION, __version__, guest
+from vmwu import AGENT_VERSION, __version__, guest, tools
 from vmwu.arch import canonical_arch, parse_os
 from vmwu.catalog import BaseImage, Catalog, choose_base
-from vmwu.errors import BadInput, BaseNotFound, SpecError
-from vmwu.images import ext4, qemu_img
+from vmwu.errors import BadInput, BaseNotFound, SpecError, ToolNotFound
+from vmwu.images import ext4, inspect, qemu_img
 from vmwu.ova import default_href, file_sha256, write_ova
 from vmwu.spec import Spec
 from vmwu.template import render
@@ -173,9 +173,13 @@ def edit_script(script: str, spec: Spec) -> str:
     try:
         argv = shlex.split(editor) + [path]
         try:
-            code = subprocess.call(argv)
-        except OSError as exc:
-            raise BadInput(f"cannot start the editor {editor!r}: {exc.strerror}") from exc
+            # in vmwu's own process group, which has the terminal; dies with vmwu
+            with tools.spawn(argv) as proc:
+                code = proc.wait()
+        except ToolNotFound as exc:
+            cause = exc.__cause__
+            why = cause.strerror if isinstance(cause, OSError) else "not found"
+            raise BadInput(f"cannot start the editor {editor!r}: {why}") from exc
         if code != 0:
             raise BadInput(f"the editor {editor!r} exited with {code}; nothing was packed")
         return Path(path).read_text()
@@ -183,11 +187,43 @@ def edit_script(script: str, spec: Spec) -> str:
         os.unlink(path)
 
 
+_SPECIAL_KINDS = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _copy_regular(src: str, dst: str) -> object:
+    """shutil.copytree's copy function: regular files only. A device would be read without
+    end (/dev/zero) and a FIFO would block, so they are refused by name."""
+    mode = os.lstat(src).st_mode
+    for test, kind in _SPECIAL_KINDS:
+        if test(mode):
+            raise BadInput(
+                f"{src} is {kind}; an application folder may hold only regular files, "
+                "directories and symbolic links",
+                hint="remove it, or pack a copy of the folder without it",
+            )
+    return shutil.copy2(src, dst)
+
+
+def _copy_tree(src: Path, dest: Path) -> None:
+    try:
+        shutil.copytree(src, dest, symlinks=True, copy_function=_copy_regular)
+    except shutil.Error as exc:  # what copytree collected: unreadable files and the like
+        first = exc.args[0][0] if exc.args and exc.args[0] else ("?", "?", str(exc))
+        raise BadInput(f"cannot copy {first[0]}: {first[2]}") from None
+    except OSError as exc:
+        raise BadInput(f"cannot copy {exc.filename or src}: {exc.strerror}") from None
+
+
 def stage_app(spec: Spec, script: str, dest: Path) -> None:
     """The application disk's tree: app folder, data/, script-bin, unit info."""
-    shutil.copytree(spec.app_import_dir, dest, symlinks=True)
+    _copy_tree(spec.app_import_dir, dest)
     if spec.input_import_dir is not None:
-        shutil.copytree(spec.input_import_dir, dest / "data", symlinks=True)
+        _copy_tree(spec.input_import_dir, dest / "data")
     bin_dir = dest / ".vmwu" / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
     script_path = bin_dir / spec.script_name
@@ -239,6 +275,13 @@ def pack(
     epoch = _epoch()
     name = spec.package_name
     fstype = spec.base_image_filesystem or base.filesystem or "ext4"
+    _check_sizes(spec, fstype)
+    # the base's disk is an image from outside like any other: inspected before use
+    capacities = {
+        bf.sha256: _capacity(bf.path, bf.format, f"disk {bf.path} of base '{base.name}'")
+        for bf in base.files
+        if bf.role == FileRole.BASE_DISK
+    }
     if out_path.is_dir():
         raise BadInput(f"cannot write the unit {out_path}: it is a directory", hint="pass -o FILE")
     try:
@@ -257,6 +300,7 @@ def pack(
         step("building the application disk")
         app_raw = tmp / "app.raw"
         app_size = ext4.image_size_for(stage, spec.app_buffer)
+        ext4.check_size(app_size, fstype, f"the application disk ({spec.app_import_dir})")
         ext4.make_image(app_raw, app_size, label="VMWU-APP", src=stage, fstype=fstype, epoch=epoch)
         dfmt = spec.disk_format
         app_href = default_href(name, FileRole.APP_DISK, dfmt)
@@ -285,7 +329,7 @@ def pack(
                     size=bf.size,
                     embedded=embed,
                     format=bf.format,
-                    capacity=_capacity(bf.path) if role == FileRole.BASE_DISK else None,
+                    capacity=capacities.get(bf.sha256) if role == FileRole.BASE_DISK else None,
                 )
             )
         for href, role, capacity, label in (
@@ -309,7 +353,7 @@ def pack(
                 )
             )
         if spec.guest_packages:  # issue 6: a layer over the base disk (vmwu/layer.py)
-            layer = _guest_layer(spec, base, name, members, step)
+            layer = _guest_layer(spec, base, name, members, step, capacities)
             if layer is not None:
                 files.append(layer)
         desc = UnitDescriptor(
@@ -346,7 +390,12 @@ def pack(
 
 
 def _guest_layer(
-    spec: Spec, base: BaseImage, name: str, members: dict[str, Path], step: Step
+    spec: Spec,
+    base: BaseImage,
+    name: str,
+    members: dict[str, Path],
+    step: Step,
+    capacities: dict[str, int],
 ) -> UnitFile | None:
     from vmwu.layer import build_layer
 
@@ -367,10 +416,24 @@ def _guest_layer(
         size=size,
         embedded=True,
         format="qcow2",
-        capacity=_capacity(disk.path),
+        capacity=capacities[disk.sha256],
     )
 
 
-def _capacity(path: Path) -> int | None:
-    size = qemu_img.info(path).get("virtual-size")
-    return int(size) if isinstance(size, int) else None
+def _check_sizes(spec: Spec, fstype: str) -> None:
+    """The disks' sizes, before anything is written (one line naming the option)."""
+    sizes = (("app-output-size", spec.app_output_size), ("app-buffer", spec.app_buffer))
+    for option, size in sizes:
+        try:
+            ext4.check_size(size, fstype, option)
+        except BadInput as exc:
+            where = spec.origin(option)
+            if where == "default":
+                where = str(spec.spec_path) if spec.spec_path else "command line"
+            raise SpecError(where, exc.message, hint=exc.hint) from None
+
+
+def _capacity(path: Path, fmt: str, what: str) -> int:
+    """The capacity of a base's disk (or layer), inspected like any image from outside."""
+    _fmt, facts = inspect.inspect_file(path, what=what, declared=fmt)
+    return facts.virtual_size

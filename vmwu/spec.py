@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 from vmwu.errors import BadInput, SpecError
 from vmwu.options import OptionDef, RawValue, Resolved, normalize, read_config, resolve
 from vmwu.options import OptionKind as K
+from vmwu.sizes import MAX_DISK_SIZE, format_over, format_size
 
 MiB = 1024**2
 
@@ -194,6 +195,11 @@ def load_spec(
     path = _config_path(path, overrides)
     file_path = cwd / path.expanduser() if path else None
     file_values = read_config(file_path, source=str(path)) if path and file_path else []
+    for raw in (*file_values, *overrides):
+        # an empty value means "the default" for every other option; a unit must have a name
+        if normalize(raw.name) == "package-name" and not str(raw.value).strip():
+            hint = 'name the unit, e.g. package-name="mandel"'
+            raise SpecError(raw.origin, "package-name is empty", hint=hint)
     r = resolve(OPTIONS, file_values, overrides)
 
     file_dir = file_path.parent if file_path else cwd
@@ -351,6 +357,15 @@ def validate_spec(spec: Spec) -> None:
         )
     if spec.app_output_size < MiB:
         fail("app-output-size", f"app-output-size must be at least 1M, got {spec.app_output_size}")
+    for name, size in (("app-output-size", spec.app_output_size), ("app-buffer", spec.app_buffer)):
+        if size > MAX_DISK_SIZE:
+            fail(
+                name,
+                f"{name} {format_over(size, MAX_DISK_SIZE)} is over the maximum disk size of "
+                f"{format_size(MAX_DISK_SIZE)}",
+                "an ext4 output disk costs the host only what the guest writes to it: "
+                "ask for what the application may write",
+            )
     for name, number in (("vmm-memory", spec.vmm_memory), ("vmm-cpus", spec.vmm_cpus)):
         if number < 1:
             fail(name, f"{name} must be at least 1, got {number}")
@@ -364,6 +379,11 @@ def validate_spec(spec: Spec) -> None:
     for name, guest in (*mounts.items(), ("app-working-dir", spec.app_working_dir)):
         if guest is not None and (not guest.startswith("/") or "\n" in guest or "\0" in guest):
             fail(name, f"{name} must be an absolute path in the guest, got {guest!r}")
+    for name, guest in mounts.items():
+        # the agent is told a mount point on the kernel command line (vmwu.out=DIR), which
+        # white space would split: `vmwu run` refuses it, so packing it is refused too
+        if any(c.isspace() for c in guest):
+            fail(name, f"{name} {guest!r} contains white space", "use a path without spaces")
     clashes = [n for n, g in mounts.items() if g == "/" or list(mounts.values()).count(g) > 1]
     if clashes:  # blame an option that was given rather than a default
         name = next((n for n in clashes if spec.origin(n) != "default"), clashes[0])

@@ -8,12 +8,13 @@ import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import Vmwu
+from tests.integration.sweeps import app_started
+from tests.processes import comm, running, start_time, tree, wait_for
 
 ECHO_ARGS = '#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done > /output/args.txt\n'
 
@@ -271,18 +272,21 @@ def test_sigterm_stops_the_guest_and_keeps_outputs(vmwu: Vmwu) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 120
-    while not (out / "console.log").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)  # the agent has not started the app yet
-    time.sleep(3)
+
+    def guest_running() -> int | None:  # the QEMU whose guest started the application
+        below = tree(proc.pid)
+        return next((p for p in below if comm(p).startswith("qemu") and app_started(p)), None)
+
+    qemu = wait_for(guest_running, 120, "the application to start")
+    qemu_started = start_time(qemu)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 248, err
     status = json.loads((out / "status.json").read_text())
     assert status["error"]["kind"] == "Interrupted"
     assert (out / "console.log").is_file()
-    leftover = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True)
-    assert leftover.stdout == ""  # no QEMU left behind
+    # vmwu run stopped its QEMU (and waited for it) before it exited: none is left behind
+    assert not running(qemu, qemu_started)
 
 
 def test_early_failure_still_writes_status_json(vmwu: Vmwu) -> None:

@@ -47,7 +47,12 @@ class Apt:
         for sub in ("state/lists/partial", "cache/archives/partial"):
             (self.state / sub).mkdir(parents=True, exist_ok=True)
         try:
-            tools.run(["apt-get", "-q", *self._options(), "update"], disk_hint=str(self.state))
+            # apt-get starts its download methods as children: a tree (vmwu.guard)
+            tools.run(
+                ["apt-get", "-q", *self._options(), "update"],
+                disk_hint=str(self.state),
+                tree=True,
+            )
         except ToolFailed as exc:
             raise HostFailure(
                 f"apt-get update for {self.deb_arch} failed: {_last_line(exc)}",
@@ -69,7 +74,10 @@ class Apt:
         dest.mkdir(parents=True, exist_ok=True)
         try:
             tools.run(
-                ["apt-get", *self._options(), "download", *packages], cwd=dest, disk_hint=str(dest)
+                ["apt-get", *self._options(), "download", *packages],
+                cwd=dest,
+                disk_hint=str(dest),
+                tree=True,
             )
         except ToolFailed as exc:
             raise HostFailure(

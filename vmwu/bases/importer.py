@@ -2,7 +2,9 @@
 loader (BIOS, or UEFI for a GPT disk with an EFI system partition: vmwu.vmm.firmware)
 and knows nothing of vmwu.
 
-The image is checked (a disk image qemu-img understands, with a boot sector), kept where
+The image is inspected before qemu-img opens it (vmwu/images/inspect.py: its format, no
+backing file, data file or vmdk extent naming other files) and checked (a disk image
+with a boot sector), kept where
 it is (qcow2, raw and vmdk) or converted to qcow2 into ``<data>/bases/NAME/`` (vdi and
 other formats a unit cannot carry), and registered with boot method ``disk`` and no
 agent version. Two ways to get the work unit's auto-run script run in such a guest:
@@ -30,8 +32,8 @@ from vmwu import guest, paths, tools
 from vmwu.arch import canonical_arch, parse_os
 from vmwu.catalog import BaseFile, BaseImage, Catalog, base_identity
 from vmwu.cloudinit import NO_AGENT
-from vmwu.errors import BadInput, ToolFailed
-from vmwu.images import qemu_img
+from vmwu.errors import BadInput
+from vmwu.images import inspect, qemu_img
 from vmwu.ova import file_sha256
 from vmwu.unit import BootMethod, FileRole
 
@@ -45,27 +47,20 @@ LABEL_DEVICES = ("LABEL=VMWU-APP", "LABEL=VMWU-OUT", "LABEL=VMWU-INST")
 MIN_SIZE = 1024 * 1024
 
 
-def detect_format(image: Path, given: str | None) -> str:
-    """The image's format: ``given`` if it matches what qemu-img sees."""
-    try:
-        detected = qemu_img.info(image).get("format")
-    except ToolFailed as exc:
-        raise BadInput(f"{image} is not a disk image: {exc.message}") from None
-    if not isinstance(detected, str):
-        raise BadInput(f"{image} is not a disk image qemu-img understands")
-    if given is not None:
-        if given not in IMPORT_FORMATS:
-            raise BadInput(f"--format {given!r}: expected one of {', '.join(IMPORT_FORMATS)}")
-        if detected != "raw" and detected != given:
-            raise BadInput(f"{image} is a {detected} image, not {given}")
-        return given
-    return detected
+def detect_format(image: Path, given: str | None) -> tuple[str, int]:
+    """The image's format (``given``, which must be what its content is) and capacity,
+    after the inspection that lets qemu-img open it."""
+    if given is not None and given not in IMPORT_FORMATS:
+        raise BadInput(f"--format {given!r}: expected one of {', '.join(IMPORT_FORMATS)}")
+    fmt, facts = inspect.inspect_file(
+        image, what=f"the image {image}", declared=given, allowed=IMPORT_FORMATS
+    )
+    return fmt, facts.virtual_size
 
 
-def check_bootable(image: Path, fmt: str) -> None:
+def check_bootable(image: Path, fmt: str, size: int) -> None:
     """A disk that boots by its own boot loader has a boot sector (0x55 0xAA at 510)."""
-    size = qemu_img.info(image).get("virtual-size")
-    if not isinstance(size, int) or size < MIN_SIZE:
+    if size < MIN_SIZE:
         raise BadInput(f"{image} is not a disk image: {size} bytes is too small for a disk")
     with tempfile.TemporaryDirectory(prefix="vmwu-import-") as tmp:
         sector = Path(tmp) / "sector0"
@@ -110,8 +105,8 @@ def import_base(
     if script_template is not None and not script_template.is_file():
         raise BadInput(f"script template {script_template} does not exist")
     step("checking the image")
-    fmt = detect_format(image, fmt)
-    check_bootable(image, fmt)
+    fmt, capacity = detect_format(image, fmt)
+    check_bootable(image, fmt, capacity)
     base_dir = paths.bases_dir() / name
     disk = image
     if fmt not in KEPT_FORMATS:

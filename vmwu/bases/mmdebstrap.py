@@ -31,6 +31,7 @@ MODES = ("unshare", "fakechroot")
 DEBIAN_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "i386": "i386", "arm": "armhf"}
 
 _mode_cache: dict[str, str] = {}
+CLEANUP = 30.0  # seconds mmdebstrap gets to clean up when vmwu ends it
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ def choose_mode() -> str:
                     "deb http://localhost/unused unstable main",
                 ],
                 timeout=60,
+                tree=True,
             )
         except (ToolFailed, OSError) as exc:
             log.info("mmdebstrap --mode=%s does not work here: %s", mode, exc)
@@ -152,7 +154,10 @@ def bootstrap(spec: Bootstrap, target: Path, *, timeout: float = 3600) -> None:
     mode = choose_mode()
     argv = bootstrap_argv(spec, mode, target)
     try:
-        tools.run(argv, timeout=timeout, disk_hint=str(target.parent))
+        # mmdebstrap is a tree (its namespaces, apt, dpkg, hooks): it runs under
+        # vmwu.guard, so all of it dies with vmwu. On SIGTERM it removes its temporary
+        # root (hundreds of MB), which took up to 16 s here under load: it gets that long.
+        tools.run(argv, timeout=timeout, disk_hint=str(target.parent), tree=True, grace=CLEANUP)
     except ToolFailed as exc:
         raise explain_failure(exc.stderr, spec) from None
 

@@ -10,7 +10,7 @@ from vmwu import AGENT_VERSION
 from vmwu.arch import canonical_arch
 from vmwu.catalog import BaseFile, BaseImage, Catalog, base_identity
 from vmwu.errors import BadInput
-from vmwu.images import qemu_img
+from vmwu.images import inspect
 from vmwu.ova import file_sha256
 from vmwu.unit import BootMethod, FileRole
 
@@ -47,8 +47,9 @@ def add_base(
         if not path.is_file():
             raise BadInput(f"{path} does not exist or is not a file")
         if role == FileRole.BASE_DISK:
-            detected = qemu_img.info(path).get("format")
-            fmt = disk_format or (detected if isinstance(detected, str) else "raw")
+            fmt, _facts = inspect.inspect_file(
+                path, what=f"the disk image {path}", declared=disk_format
+            )
         else:
             fmt = "bzimage" if role == FileRole.KERNEL else "cpio"
         sha, size = file_sha256(path)

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from vmwu.errors import BadInput, HostDiskFull, VmwuError
+from vmwu import tools
+from vmwu.errors import BadInput, HostDiskFull, ToolNotFound, VmwuError
 from vmwu.sweep.expand import node_relative, root_output, root_relative, source_path
 from vmwu.sweep.hostcopy import copy_untrusted, kind_of, open_output, read_file, write_file
 from vmwu.sweep.model import DEV_NULL, IDENT, ROOT_TASKS, Side, Step, StepKind, Value, format_value
@@ -37,16 +38,20 @@ def spawn(
     stdout: int,
     stderr: int,
     executable: str | None = None,
-) -> subprocess.Popen[bytes]:
-    """The one place a plan's commands start processes."""
-    return subprocess.Popen(
-        list(argv),
+) -> tools.Process:
+    """The one place a plan's commands start processes: through vmwu's door, under its
+    process guard (vmwu/guard.py), so that a command's whole tree (a `vmwu run` and its
+    QEMU, what it leaves in the background) ends with the command and dies with the
+    runner or driver, whatever kills it."""
+    return tools.spawn(
+        argv,
         executable=executable,
         cwd=cwd,
         stdin=subprocess.DEVNULL,
         stdout=stdout,
         stderr=stderr,
-        env=dict(env),
+        env=env,
+        tree=True,
     )
 
 
@@ -89,7 +94,7 @@ class TaskRun:
     def __init__(self, place: Place, infra: Callable[[int], bool] | None = None) -> None:
         self.place = place
         self.infra = infra or (lambda code: False)
-        self.child: subprocess.Popen[bytes] | None = None
+        self.child: tools.Process | None = None
         self.policy = "fail"
         self.out = _Stream()
         self.err = _Stream()
@@ -194,13 +199,16 @@ class TaskRun:
                 stderr=stderr,
                 executable=executable,
             )
-        except FileNotFoundError:
-            self.note(f"{step.where}: {step.written}: {executable or argv[0]}: not found")
-            return 127
-        except PermissionError:
-            self.note(f"{step.where}: {step.written}: {executable or argv[0]}: not executable")
-            return 126
-        code = self.child.wait()
+        except ToolNotFound as exc:
+            program = executable or argv[0]
+            cause = exc.__cause__
+            found = isinstance(cause, OSError) or ("/" in program and Path(program).exists())
+            why, failed = ("not executable", 126) if found else ("not found", 127)
+            self.note(f"{step.where}: {step.written}: {program}: {why}")
+            return failed
+        ended = self.child.wait()
+        assert ended is not None
+        code = ended
         self.child = None
         if code in (-signal.SIGTERM, 128 + signal.SIGTERM):
             # scancel (and `vmwu sweep cancel`) may signal the whole process tree at once:

@@ -28,11 +28,22 @@ _MAGICS = (
     (b"\x1f\x8b\x08\x00", "gzip"),
 )
 _XEN_ELFNOTE_PHYS32_ENTRY = 18
+# A kernel comes from a unit, which may be hostile: its payload is decompressed to at most
+# this much (Debian's vmlinux is ~60 MiB), so a decompression bomb costs no more.
+MAX_VMLINUX = 512 * 1024**2
 
 
 def has_pvh_note(elf: bytes) -> bool:
-    """True if ``elf`` is a 64-bit little-endian ELF with a Xen PHYS32_ENTRY note."""
-    if elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1:
+    """True if ``elf`` is a 64-bit little-endian ELF with a Xen PHYS32_ENTRY note (False
+    for anything else, a truncated or inconsistent ELF included)."""
+    try:
+        return _has_pvh_note(elf)
+    except struct.error:  # offsets that point past the end
+        return False
+
+
+def _has_pvh_note(elf: bytes) -> bool:
+    if len(elf) < 64 or elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1:
         return False
     (phoff,) = struct.unpack_from("<Q", elf, 0x20)
     phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
@@ -53,21 +64,31 @@ def has_pvh_note(elf: bytes) -> bool:
 
 
 def _decompress(data: bytes, kind: str, work: Path) -> bytes:
-    if kind == "gzip":
-        return zlib.decompressobj(wbits=31).decompress(data)  # stops at the stream end
-    if kind == "xz":
-        return lzma.LZMADecompressor().decompress(data)
-    # lz4 legacy frames and zstd: the command-line tools (packages lz4, zstd)
-    src = work.with_suffix(".payload")
-    src.write_bytes(data)
-    try:
-        tool = "lz4" if kind == "lz4" else "zstd"
-        # The payload is followed by the bzImage's trailer; the tools decode the frame and
-        # may complain about what follows, so don't insist on exit code 0.
-        proc = tools.run([tool, "-dc", src], check=False)
-        return proc.stdout
-    finally:
-        src.unlink(missing_ok=True)
+    """The decompressed payload; at most MAX_VMLINUX bytes (more is refused: OSError)."""
+    if kind == "gzip":  # stops at the stream end
+        out = zlib.decompressobj(wbits=31).decompress(data, MAX_VMLINUX)
+    elif kind == "xz":
+        out = lzma.LZMADecompressor().decompress(data, max_length=MAX_VMLINUX)
+    else:  # lz4 legacy frames and zstd: the command-line tools (packages lz4, zstd)
+        src = work.with_suffix(".payload")
+        dst = work.with_suffix(".vmlinux")
+        src.write_bytes(data)
+        try:
+            tool = "lz4" if kind == "lz4" else "zstd"
+            # The payload is followed by the bzImage's trailer; the tools decode the frame
+            # and may complain about what follows, so don't insist on exit code 0. The
+            # output goes to a file the tool may not grow past the limit (SIGXFSZ).
+            limits = tools.Limits(file_size=MAX_VMLINUX, cpu_seconds=120)
+            with open(dst, "wb") as fh:
+                tools.run([tool, "-dc", src], check=False, stdout=fh.fileno(), limits=limits)
+            with open(dst, "rb") as fh:
+                out = fh.read(MAX_VMLINUX)
+        finally:
+            src.unlink(missing_ok=True)
+            dst.unlink(missing_ok=True)
+    if len(out) >= MAX_VMLINUX:
+        raise OSError(f"the kernel's payload decompresses to more than {MAX_VMLINUX} bytes")
+    return out
 
 
 def extract_vmlinux(bzimage: Path, dest: Path) -> bool:

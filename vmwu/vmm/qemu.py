@@ -4,7 +4,9 @@
 anything (``vmwu run --print-cmdline`` prints it; tests check it). :class:`QemuMachine`
 owns one QEMU process: the constructor only stores the configuration, ``launch()`` starts
 it, ``shutdown()`` tries QMP ``quit`` before killing, and the context manager always
-cleans up.
+cleans up. QEMU is started through :func:`vmwu.tools.spawn`, so it dies with the vmwu
+process that started it (``PR_SET_PDEATHSIG``), whatever kills that process: start it
+from a thread that lives as long as the machine (vmwu: the main thread).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import select
-import shlex
 import signal
 import subprocess
 import time
@@ -24,7 +25,6 @@ from typing import Any
 
 from vmwu import tools
 from vmwu.errors import BadInput, VMCrashed
-from vmwu.vmm.lifetime import reap
 
 log = logging.getLogger(__name__)
 
@@ -199,17 +199,12 @@ class MachineState(StrEnum):
 class QemuMachine:
     """One QEMU process. Use as a context manager so it is always cleaned up."""
 
-    def __init__(
-        self, cfg: MachineConfig, *, log_path: Path, die_with_parent: bool = False
-    ) -> None:
+    def __init__(self, cfg: MachineConfig, *, log_path: Path) -> None:
         self.cfg = cfg
         self.log_path = log_path  # QEMU's own stderr
-        # Killed by the kernel when this process dies (even by SIGKILL): the wrapper's VMs
-        # must not run on, unsupervised, after a `kill -9` of the wrapper.
-        self.die_with_parent = die_with_parent
         self.argv = build_argv(cfg)
         self.state = MachineState.CONFIGURED
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: tools.Process | None = None
         self._qmp: Any = None
         self.started_at = 0.0
         self.exited_at = 0.0
@@ -221,24 +216,12 @@ class QemuMachine:
     def launch(self) -> None:
         if self.state != MachineState.CONFIGURED:
             raise RuntimeError(f"launch() on a machine that is {self.state}")
-        argv = list(self.argv)
-        argv[0] = tools.which(argv[0])
-        log.debug("launch: %s", shlex.join(argv))
-        preexec = None
-        if self.die_with_parent:
-            from vmwu.vmm.lifetime import die_with_parent
-
-            preexec = die_with_parent()
         with open(self.log_path, "wb") as err:
             stdin = open(self.cfg.incoming, "rb") if self.cfg.incoming else subprocess.DEVNULL
             try:
-                self._proc = subprocess.Popen(
-                    argv,
-                    stdin=stdin,
-                    stdout=err,
-                    stderr=err,
-                    start_new_session=True,
-                    preexec_fn=preexec,
+                # a session of its own: a terminal's Ctrl-C reaches vmwu, which stops it
+                self._proc = tools.spawn(
+                    self.argv, stdin=stdin, stdout=err, stderr=err, session=True
                 )
             finally:
                 if not isinstance(stdin, int):
@@ -258,12 +241,13 @@ class QemuMachine:
         """QEMU's exit status if it has exited (reaped with wait4 to get its rusage)."""
         if self._proc is None or self.returncode is not None:
             return self.returncode
-        reaped = reap(self._proc)
-        if reaped is None:
+        code = self._proc.poll()
+        if code is None:
             return None
-        code, usage = reaped
-        self.peak_rss_kib = usage.ru_maxrss
-        self.cpu_seconds = usage.ru_utime + usage.ru_stime
+        usage = self._proc.rusage
+        if usage is not None:
+            self.peak_rss_kib = usage.ru_maxrss
+            self.cpu_seconds = usage.ru_utime + usage.ru_stime
         self._exited(code)
         return code
 
@@ -347,10 +331,7 @@ class QemuMachine:
             if self.wait(timeout) is not None:
                 return
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                self._proc.send_signal(sig)
-            except ProcessLookupError:
-                pass
+            self._proc.signal(sig)
             if self.wait(timeout) is not None:
                 return
 

@@ -99,7 +99,7 @@ def state_key(cfg: MachineConfig, executable: str, base_under: Path | None = Non
 
 def virtual_size(path: Path) -> int:
     if path.suffix == ".qcow2":
-        return int(qemu_img.info(path)["virtual-size"])
+        return qemu_img.virtual_size(path, "qcow2")
     return path.stat().st_size
 
 
@@ -180,7 +180,7 @@ def _boot_and_save(cfg: MachineConfig, dest: Path, workdir: Path, timeout: float
     reader = EventReader(cfg.events_log or workdir / "events.jsonl")
     # The template waits for an instance ISO that never comes unless this process drives
     # it: if this process is killed (kill -9), the template must die too.
-    with QemuMachine(cfg, log_path=workdir / "qemu.log", die_with_parent=True) as vm:
+    with QemuMachine(cfg, log_path=workdir / "qemu.log") as vm:
         vm.launch()
         deadline = time.monotonic() + timeout
         while not any(e.get("event") == "ready" for e in reader.read()):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,7 +32,7 @@ def _positive(kind: type[int] | type[float], what: str) -> Callable[[str], int |
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{what} must be a number, got {text!r}") from None
-        if value <= 0:
+        if not math.isfinite(value) or value <= 0:  # float("nan") and float("inf") parse
             raise argparse.ArgumentTypeError(f"{what} must be positive, got {text}")
         return value
 
@@ -102,6 +103,53 @@ def ctl_parser() -> argparse.ArgumentParser:
     return p
 
 
+def package_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="vmwu wrap package",
+        allow_abbrev=False,
+        description="Write what a BOINC project ships to run JOB.xml with vmwu: the wrapper "
+        "as one executable, the job file, the files it names, the base files its units "
+        "reference, app_info.xml (anonymous platform), version.xml (update_versions) and "
+        "package.json (docs/boinc.md).",
+    )
+    p.add_argument("job", help="the job file")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="a new or empty directory")
+    p.add_argument("--app-name", default="vmwu", help="the BOINC app's name (default vmwu)")
+    p.add_argument(
+        "--version-num",
+        type=_positive(int, "--version-num"),
+        default=100,
+        help="the app version number (default 100)",
+    )
+    p.add_argument(
+        "--executable",
+        metavar="FILE",
+        help="ship this already built wrapper instead of building one with PyInstaller",
+    )
+    p.add_argument("--catalog", metavar="FILE", help="where to find the units' base files")
+    return p
+
+
+def package_main(argv: Sequence[str]) -> int:
+    from vmwu.wrapper.boinc.package import package
+
+    args = package_parser().parse_args(list(argv))
+    manifest = package(
+        Path(args.job),
+        Path(args.output),
+        app=args.app_name,
+        version_num=args.version_num,
+        executable=Path(args.executable) if args.executable else None,
+        catalog=Path(args.catalog) if args.catalog else None,
+    )
+    files = manifest["files"]
+    assert isinstance(files, list)
+    for f in files:
+        print(f"{f['size']:>12}  {f['name']}")
+    print(f"wrote {len(files)} files, app_info.xml and package.json into {args.output}")
+    return 0
+
+
 def ctl_main(argv: Sequence[str]) -> int:
     args = ctl_parser().parse_args(list(argv))
     sock = Path(args.socket) if args.socket else socket_path(Path(args.slot_dir))
@@ -116,6 +164,12 @@ def main(argv: Sequence[str]) -> int:
     argv = list(argv)
     if argv[:1] == ["ctl"]:
         return ctl_main(argv[1:])
+    if argv[:1] == ["package"]:
+        return package_main(argv[1:])
+    from vmwu.wrapper.boinc.main import boinc_main, under_client
+
+    if under_client():  # started by a BOINC client in its slot (docs/boinc.md)
+        return boinc_main(argv)
     extra: list[str] = []
     if "--" in argv:
         cut = argv.index("--")

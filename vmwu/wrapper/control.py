@@ -156,6 +156,10 @@ class Control:
             return None
         return Request(action, "socket", conn)
 
+    def status_changed(self, data: dict[str, Any]) -> None:
+        """The wrapper wrote its status (``data``): nothing to do here, the status file is
+        the report. A control source that reports elsewhere (BOINC) overrides this."""
+
     def close(self) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)

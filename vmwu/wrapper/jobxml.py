@@ -318,7 +318,7 @@ def _task(source: str, node: _Node, kind: TaskKind) -> TaskSpec:
                 values.setdefault(spec.attr, []).append(spec.convert(text, where))
         elif child.tag in _TEXT_OPTIONAL:
             if text:
-                values[spec.attr] = text
+                values[spec.attr] = spec.convert(text, where)
         elif text or spec.convert is _bool:
             values[spec.attr] = spec.convert(text, where)
     for key, value in values.items():

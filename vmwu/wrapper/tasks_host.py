@@ -1,8 +1,11 @@
 """Host tasks: a program run in the slot directory, as BOINC's wrapper runs it.
 
 The program gets its own session (so a terminal's Ctrl-C or Ctrl-Z reaches only the
-wrapper, which decides) and dies with the wrapper (``PR_SET_PDEATHSIG``). Suspending
-stops its whole process group with SIGSTOP; quitting sends SIGTERM, then SIGKILL. Its
+wrapper, which decides). It runs under vmwu's process guard (``tools.spawn(tree=True)``,
+vmwu/guard.py): it and every process it starts die with the wrapper, however the wrapper
+dies (``kill -9`` included, and also while the task is suspended), and what it leaves
+running when it ends is ended too. Suspending stops its whole process group with SIGSTOP;
+quitting sends SIGTERM, then SIGKILL. Its
 progress is the number the app writes into ``fraction_done_filename``; its checkpoints
 are its own business (``checkpoint_filename``), the wrapper only notices them.
 """
@@ -19,9 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
-from vmwu.errors import BadInput
+from vmwu import tools
+from vmwu.errors import BadInput, ToolNotFound
 from vmwu.hostfs import SafeDir, rel_parts
-from vmwu.vmm.lifetime import die_with_parent, reap
 from vmwu.wrapper.jobxml import TaskSpec
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -71,7 +74,7 @@ class HostTask:
         self.args = list(task.command_line)
         if task.append_cmdline_args:
             self.args += extra_args
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: tools.Process | None = None
         self.returncode: int | None = None
         self._final_cpu = 0.0
         self.suspended = False
@@ -97,8 +100,6 @@ class HostTask:
         task = self.task
         argv = [resolve_application(task.application or "", self.slot, self.where), *self.args]
         cwd = self._path(task.exec_dir) if task.exec_dir else self.slot
-        env = dict(os.environ)
-        env.update(dict(task.setenv))
         files: list[IO[bytes]] = []
         try:
             stdin: IO[bytes] | int = subprocess.DEVNULL
@@ -123,42 +124,46 @@ class HostTask:
                 else:
                     outs.append(subprocess.DEVNULL)
             try:
-                self._proc = subprocess.Popen(
+                self._proc = tools.spawn(
                     argv,
                     cwd=cwd,
-                    env=env,
+                    env=dict(task.setenv),
                     stdin=stdin,
                     stdout=outs[0],
                     stderr=outs[1],
-                    start_new_session=True,
-                    preexec_fn=die_with_parent(),
+                    session=True,
+                    tree=True,
                 )
-            except OSError as exc:
-                raise BadInput(f"{self.where}: cannot run {argv[0]}: {exc.strerror}") from None
+            except ToolNotFound as exc:
+                cause = exc.__cause__
+                why = cause.strerror if isinstance(cause, OSError) else "not executable"
+                raise BadInput(f"{self.where}: cannot run {argv[0]}: {why}") from None
         finally:
             for fh in files:
                 fh.close()
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+        """The task's own pid (its guard's is ``_proc.pid``)."""
+        return self._proc.leader if self._proc else None
 
     def poll(self) -> int | None:
         """The exit code once the program has ended (death by signal N: 128 + N)."""
         if self._proc is None or self.returncode is not None:
             return self.returncode
-        reaped = reap(self._proc)
-        if reaped is None:
+        code = self._proc.poll()
+        if code is None:
             return None
-        code, usage = reaped
-        self._final_cpu = usage.ru_utime + usage.ru_stime
+        usage = self._proc.rusage  # the guard's: it waited for the task and its children
+        if usage is not None:
+            self._final_cpu = usage.ru_utime + usage.ru_stime
         self.returncode = 128 - code if code < 0 else code
         return self.returncode
 
     def cpu_seconds(self) -> float:
         if self.returncode is not None or self._proc is None:
             return self._final_cpu
-        return proc_cpu_seconds(self._proc.pid, children=True)
+        return proc_cpu_seconds(self._proc.leader, children=True)
 
     def fraction(self) -> float | None:
         name = self.task.fraction_done_filename
@@ -182,10 +187,7 @@ class HostTask:
 
     def _signal(self, sig: signal.Signals) -> None:
         if self._proc is not None and self.returncode is None:
-            try:
-                os.killpg(self._proc.pid, sig)
-            except ProcessLookupError:
-                pass
+            self._proc.signal(sig)  # its process group (not the guard)
 
     def suspend(self) -> None:
         self._signal(signal.SIGSTOP)

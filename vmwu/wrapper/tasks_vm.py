@@ -180,7 +180,7 @@ class VmTask:
         (inst / "events.jsonl").unlink(missing_ok=True)
         self.cfg = cfg
         self.events = EventReader(inst / "events.jsonl")
-        machine = QemuMachine(cfg, log_path=inst / "qemu.log", die_with_parent=True)
+        machine = QemuMachine(cfg, log_path=inst / "qemu.log")
         machine.launch()
         self.machine = machine
         self._qmp_ready = False
@@ -242,7 +242,7 @@ class VmTask:
         for drive_id, drive in drives.items():
             backing = None
             if drive.format == "qcow2":
-                info = qemu_img.info(drive.path)
+                info = qemu_img.info(drive.path, "qcow2", limits=None)  # vmwu's own overlay
                 if info.get("backing-filename"):
                     backing = (info["backing-filename"], info.get("backing-filename-format"))
             own_size = warm.virtual_size(drive.path)

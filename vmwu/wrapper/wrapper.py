@@ -19,7 +19,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -75,8 +75,13 @@ class _Stop(Exception):
 
 
 class Wrapper:
-    def __init__(self, opts: WrapOptions) -> None:
+    def __init__(
+        self, opts: WrapOptions, control_factory: Callable[[Path], Control] = Control
+    ) -> None:
+        """``control_factory`` makes the control source from the socket path (the BOINC
+        client's, vmwu/wrapper/boinc/control.py, when a client started us)."""
         self.opts = opts
+        self._control_factory = control_factory
         self.slot = opts.slot.absolute()
         self.dir = self.slot / WRAP_DIR
         self.state_path = self.slot / STATE_FILE
@@ -153,7 +158,10 @@ class Wrapper:
 
     def write_status(self) -> None:
         self._last_status = time.monotonic()
-        self.status.write(self._status_data())
+        data = self._status_data()
+        self.status.write(data)
+        if self.control is not None:
+            self.control.status_changed(data)
 
     def save_state(self) -> None:
         self._last_state = time.monotonic()
@@ -209,7 +217,7 @@ class Wrapper:
             self.cpu_base = self.state.cpu_time
             self.save_state()
             self.write_status()
-            self.control = Control(self.socket)
+            self.control = self._control_factory(self.socket)
             self.control.install_signals()
             try:
                 return self._run_job()

@@ -26,7 +26,9 @@ fail() {
 }
 # Mount output image
 mkdir -p ###OUTPUT_DIRECTORY###
+# (noinit_itable: the kernel does not write the inode tables that the packer left unwritten)
 grep -qs " ###OUTPUT_DIRECTORY### " /proc/mounts \
+    || mount -t ###OUTPUT_FILESYSTEM_FORMAT### -o noinit_itable ###OUTPUT_MOUNT_DEVICE### ###OUTPUT_DIRECTORY### 2> /dev/null \
     || mount -t ###OUTPUT_FILESYSTEM_FORMAT### ###OUTPUT_MOUNT_DEVICE### ###OUTPUT_DIRECTORY### \
     || fail "cannot mount the output disk ###OUTPUT_MOUNT_DEVICE### on ###OUTPUT_DIRECTORY###"
 # Mount the instance CD-ROM (parameters and files)

@@ -4,9 +4,10 @@ worker. ``distributed.LocalCluster`` (N single-threaded worker processes) by def
 with workers from PBS, SGE or Slurm (docs/sweeps.md). The workers must see the results
 directory and the plan's input files at the same paths (a shared file system).
 
-A job's ``exec-job`` runs in a session of its own, so it outlives a driver (and the
-LocalCluster it owned) that was killed; a resumed driver finds such jobs by their process
-(``find``) when the futures are gone.
+A job's ``exec-job`` runs in a session of its own and is *not* tied to the worker
+(``die_with_parent=False``), so it outlives a driver (and the LocalCluster it owned) that
+was killed; a resumed driver finds such jobs by their process (``find``) when the futures
+are gone. The exec-job is a vmwu process itself: what it starts dies with it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from vmwu import tools
 from vmwu.errors import BadInput, HostFailure
 from vmwu.sweep.executors import Context, Executor, Observed, Phase, Submission
 from vmwu.sweep.executors.local import find_exec_jobs, parse_handle
@@ -27,26 +29,19 @@ from vmwu.sweep.layout import Layout
 def run_exec_job(results: str, job_id: str, attempt: int) -> int:
     """On a worker: run one attempt with the worker's own Python (and vmwu)."""
     log = Layout(Path(results)).log(job_id, attempt)
+    argv = [sys.executable, "-m", "vmwu", "sweep", "exec-job", results, job_id]
     with open(log, "ab") as fh:
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "vmwu",
-                "sweep",
-                "exec-job",
-                results,
-                job_id,
-                "--attempt",
-                str(attempt),
-            ],
+        proc = tools.spawn(
+            [*argv, "--attempt", str(attempt)],
             stdin=subprocess.DEVNULL,
             stdout=fh,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
-            check=False,
+            session=True,
+            die_with_parent=False,  # resumable: see the module's text
         )
-    return proc.returncode
+    code = proc.wait()
+    assert code is not None
+    return code
 
 
 def kill_exec_job(results: str, job_id: str, attempt: int) -> int:

@@ -1,0 +1,154 @@
+"""``vmwu wrap`` as the BOINC client's app (vmwu/wrapper/boinc/main.py), under the real
+client and our project server: a job of host tasks, so no QEMU here."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.boinc.client import App, BoincClient
+from tests.boinc.jobs import host_job_files, lines
+from tests.boinc.server import Job, ProjectServer
+from tests.conftest import run_vmwu
+from tests.integration.conftest import Vmwu
+from tests.integration.sweeps import wait_for
+
+
+@pytest.fixture
+def server() -> Iterator[ProjectServer]:
+    with ProjectServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def boinc_client(tmp_path: Path, server: ProjectServer) -> Iterator[Callable[[App], BoincClient]]:
+    clients: list[BoincClient] = []
+
+    def make(app: App) -> BoincClient:
+        clients.append(BoincClient(tmp_path / f"data{len(clients)}", server, app))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        client.kill()
+
+
+def venv_wrapper(tmp_path: Path) -> Path:
+    """The main program: `vmwu wrap` from this virtualenv."""
+    script = tmp_path / "vmwu-wrap.sh"
+    script.write_text(f'#!/bin/sh\nexec {sys.executable} -m vmwu wrap "$@"\n')
+    script.chmod(0o755)
+    return script
+
+
+def test_vmwu_wrap_host_job_under_the_client(
+    tmp_path: Path, server: ProjectServer, boinc_client: Callable[[App], BoincClient]
+) -> None:
+    files = {"vmwu-wrap.sh": venv_wrapper(tmp_path), **host_job_files(tmp_path / "app")}
+    job = server.add_job(Job("wrap1", "vmwu", inputs={"in.txt": lines(30)}, outputs=("out.txt",)))
+    client = boinc_client(App("vmwu", files))
+    client.start()
+    task = client.wait_for(
+        lambda: (t := client.get_task(job.result)) and float(t.get("fraction done", 0)) > 0 and t,
+        "a fraction done from vmwu wrap",
+    )
+    assert float(task["fraction done"]) < 1
+    client.wait_log(r"\[checkpoint\] result wrap1_0 checkpointed")
+    report = server.wait_report(job.result, timeout=300)
+    assert report.exit_status == 0, report.stderr_out
+    assert server.output(job, "out.txt") == lines(30).upper()
+    assert "vmwu wrap under BOINC client 7.20.5: result wrap1_0" in report.stderr_out
+    assert "called boinc_finish(0)" in report.stderr_out
+    assert client.wait_exit(120) == 0
+
+
+def test_missing_tool_postpones_the_task(
+    tmp_path: Path,
+    server: ProjectServer,
+    boinc_client: Callable[[App], BoincClient],
+    vmwu: Vmwu,
+) -> None:
+    """A volunteer's host without QEMU's tools: the task is postponed (a temporary exit
+    with the reason as a notice), not failed. The wrapper runs with a PATH holding none of
+    them; the unit and the tiny base's files are shipped as `vmwu wrap package` ships them."""
+    vmwu.pack("true", name="noop")
+    job_xml = vmwu.tmp / "job.xml"
+    job_xml.write_text(
+        "<job_desc><task><virtualmachine>noop.ova</virtualmachine></task></job_desc>\n"
+    )
+    script = tmp_path / "wrap-without-tools.sh"
+    script.write_text(f'#!/bin/sh\nPATH=/nonexistent exec {sys.executable} -m vmwu wrap "$@"\n')
+    script.chmod(0o755)
+    pkg = tmp_path / "pkg"
+    result = run_vmwu("wrap", "package", job_xml, "-o", pkg, "--executable", script, env=vmwu.env)
+    assert result.returncode == 0, result.stderr
+    job = server.add_job(Job("notools1", "vmwu"))
+    client = boinc_client(App.from_package("vmwu", pkg))
+    client.start()
+    match = client.wait_log(r"Task notools1_0 postponed for (\d+) seconds: (.*)")
+    assert match.group(1) == "86400"
+    assert re.match(r"'\S+' was not found on PATH \(apt-get install \S+\)$", match.group(2))
+    assert job.result not in server.reports, "no computation error is reported"
+    task = client.get_task(job.result)
+    assert task is not None and task.get("state") != "compute error"
+
+
+def test_wrapper_ends_when_the_client_dies(
+    tmp_path: Path, server: ProjectServer, boinc_client: Callable[[App], BoincClient]
+) -> None:
+    """kill -9 of the client: the wrapper notices (the client's pid is gone), stops its
+    task and exits; nothing it started is left."""
+    files = {"vmwu-wrap.sh": venv_wrapper(tmp_path), **host_job_files(tmp_path / "app", 0.5)}
+    job = server.add_job(
+        Job("orphan1", "vmwu", inputs={"in.txt": lines(200)}, outputs=("out.txt",))
+    )
+    client = boinc_client(App("vmwu", files))
+    client.start()
+    slot = client.slot()
+
+    def progressing() -> dict[str, Any] | None:
+        s = _status(slot)
+        return s if s.get("state") == "running" and (s.get("task") or {}).get("fraction") else None
+
+    status = client.wait_for(progressing, "the host task to make progress")
+    wrapper = int(status["pid"])
+    client.kill()
+    wait_for(lambda: not _alive(wrapper), 120, "the wrapper to exit")
+    log = (slot / "stderr.txt").read_text()
+    assert "BOINC client no longer exists - exiting" in log
+    assert "stopped (the client is gone)" in log
+    assert not [p for p in _processes() if "work.sh" in p], "the host task is gone too"
+    assert job.result not in server.reports
+
+
+def _status(slot: Path) -> dict[str, Any]:
+    try:
+        return json.loads((slot / "wrapper_status.json").read_text())  # type: ignore[no-any-return]
+    except (OSError, ValueError):
+        return {}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _processes() -> list[str]:
+    out = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+            except OSError:
+                pass
+    return out
