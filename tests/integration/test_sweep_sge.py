@@ -136,8 +136,8 @@ def test_a_sweep_on_sge_is_one_array_job(gvmwu: Vmwu) -> None:
 FAILURES = """parameter n integer range from 1 to 4 step 1;
 task main
     # 1: fine; 2: the application exits 3; 3: exits 100 (an error state to Grid
-    # Engine); 4: the job's runner is killed (SIGKILL), so it leaves no result
-    node:execute case ${n} in 2) exit 3 ;; 3) exit 100 ;; 4) kill -9 \\$PPID; sleep 5 ;; esac
+    # Engine); 4: waits for the test to kill the job's runner (SIGKILL): no result
+    node:execute case ${n} in 2) exit 3 ;; 3) exit 100 ;; 4) sleep 300 ;; esac
 endtask
 """
 
@@ -145,11 +145,25 @@ endtask
 def test_failures_and_exit_codes_come_from_qacct(gvmwu: Vmwu) -> None:
     plan = gvmwu.tmp / "f.plan"
     plan.write_text(FAILURES)
-    result = gvmwu(
-        "sweep", plan, "--executor", "sge", "--retries", "0", "--results", "res", timeout=300
-    )
-    assert result.returncode == 1, result.stderr
     res = gvmwu.tmp / "res"
+    driver = start_sweep(
+        gvmwu, plan, "--executor", "sge", "--retries", "0", "--results", res, env=gvmwu.extra_env
+    )
+    try:
+
+        def runner_of_job_4() -> int | None:
+            for m in markers(res):
+                params = json.loads((res / "spec" / f"{m['job']}.json").read_text())["params"]
+                if params["n"] == 4:
+                    return int(m["pid"])
+            return None
+
+        os.kill(wait_for(runner_of_job_4, timeout=120, message="job 4 running"), signal.SIGKILL)
+        assert driver.wait(timeout=300) == 1
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
     jobs = by_n(res)
     assert jobs[1]["state"] == "done" and jobs[1]["exit_code"] == 0
     assert jobs[2]["state"] == "failed" and jobs[2]["exit_code"] == 3
