@@ -315,8 +315,13 @@ def test_kill_9_of_the_driver_then_resume_reattaches(gvmwu: Vmwu) -> None:
     # re-attached, not resubmitted: still the one batch, one array in Grid Engine's books
     assert sorted(p.name for p in (res / "sge").glob("*.sh")) == ["b00001.sh"]
     exp = json.loads((res / "experiment.json").read_text())["id"]
-    books = parse_qacct(grid("qacct", "-j", f"vmwu-{exp}-*").stdout)
-    assert len({h.split(".")[0] for h in books}) == 1 and len(books) == 3
+
+    def books() -> dict[str, Record] | None:  # once the last task's record is written
+        found = parse_qacct(grid("qacct", "-j", f"vmwu-{exp}-*", check=False).stdout)
+        return found if len(found) >= 3 else None
+
+    found = wait_for(books, timeout=60, message="3 accounting records")
+    assert len({h.split(".")[0] for h in found}) == 1 and len(found) == 3
     assert_whole_results(res, 3)
 
 
