@@ -1,7 +1,7 @@
 """What a sweep costs beyond its jobs, and how close a sweep of VMs gets to running the
 application natively. Prints JSON (medians of --runs runs, all on this machine).
 
-    .venv/bin/python bench/sweep.py [--runs 3] [--jobs 100] [--no-slurm]
+    .venv/bin/python bench/sweep.py [--runs 3] [--jobs 100] [--no-local] [--no-slurm] [--no-sge]
 
 Figures:
 - ``mandelbrot_sweep_wall_s`` / ``mandelbrot_native_serial_wall_s`` = ``mandelbrot_ratio``
@@ -9,13 +9,17 @@ Figures:
   rows, 2 parallel slots, rootfinish combine) versus the same 8 bands run one after the
   other on the host by the native binary, then combined;
 - for ``--jobs`` no-op jobs (each a ``vmwu run`` of a unit whose app is ``true``):
-  ``noop_local_wall_s_{1,2}_slots`` and ``noop_slurm_wall_s``, and
-  ``driver_overhead_per_job_{local,slurm}_s`` = (wall x slots - the sum of the jobs' own
-  run times, as the node-side runner measured them) / jobs: the time a slot is not busy
-  with a job: the driver's bookkeeping, submission, polling, process start-up and, on
-  Slurm, Slurm's own scheduling and launch latency (target <= 0.1 s); on Slurm also with
-  ``--jobs-per-task K`` (default 10): ``driver_overhead_per_job_slurm_K_per_task_s``;
-- ``driver_cpu_per_job_{local,slurm}_s``: the driver process's own CPU time per job
+  ``noop_local_wall_s_{1,2}_slots``, ``noop_slurm_wall_s`` and ``noop_sge_wall_s``, and
+  ``driver_overhead_per_job_{local,slurm,sge}_s`` = (wall x slots - the sum of the jobs'
+  own run times, as the node-side runner measured them) / jobs: the time a slot is not
+  busy with a job: the driver's bookkeeping, submission, polling, process start-up and, on
+  a batch system, its own scheduling and launch latency (target <= 0.1 s); on Slurm and
+  Grid Engine also with ``--jobs-per-task K`` (default 10):
+  ``driver_overhead_per_job_{slurm,sge}_K_per_task_s``. The two batch systems (2 slots
+  each, their test clusters started by scripts/{slurm,sge}-test-cluster.sh unless
+  SLURM_CONF is set / Grid Engine is already up) are measured in the same sitting, their
+  runs interleaved, so that the machine's load is the same for both;
+- ``driver_cpu_per_job_{local,slurm,sge}_s``: the driver process's own CPU time per job
   (journal, polling, submission; the jobs run in other processes);
 - ``machinery_per_job_local_s``: the same sweep with a plain ``true`` task (no VM at
   all), wall x slots / jobs: everything vmwu adds per job, runner included.
@@ -160,69 +164,114 @@ def slurm_env(work: Path, env: dict[str, str]) -> dict[str, str] | None:
     return {**env, "SLURM_CONF": str(directory / "slurm.conf")}
 
 
+def sge_env(env: dict[str, str]) -> tuple[dict[str, str] | None, bool]:
+    """Grid Engine's environment, and whether this bench started it (then it stops it)."""
+    script = str(ROOT / "scripts" / "sge-test-cluster.sh")
+    was_up = subprocess.run(["bash", script, "status"], capture_output=True).returncode == 0
+    started = subprocess.run(
+        ["bash", script, "start"],
+        env={**env, "VMWU_SGE_SLOTS": "2"},
+        capture_output=True,
+        text=True,
+    )
+    if started.returncode != 0:
+        print(f"bench: no Grid Engine: {started.stderr.strip()}", file=sys.stderr)
+        return None, False
+    words = started.stdout.strip().splitlines()[-1].split()[1:]
+    return {**env, **dict(w.split("=", 1) for w in words)}, not was_up
+
+
+def clusters(
+    vm_plan: Path, res: Path, engines: dict[str, dict[str, str]], runs: int, jobs: int, k: int
+) -> dict[str, Any]:
+    """Each engine with one job per task and with K, runs interleaved between engines."""
+    walls: dict[str, list[float]] = {}
+    over: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    for _ in range(runs):
+        for name, env in engines.items():
+            for per in (1, k):
+                key = name if per == 1 else f"{name}_{per}_per_task"
+                extra = ["--jobs-per-task", str(per)] if per > 1 else []
+                wall = timed_sweep(vm_plan, res, env, "--executor", name, *extra)
+                walls.setdefault(key, []).append(wall)
+                over.setdefault(key, []).append(overhead(wall, 2, res, jobs))
+                cpu.setdefault(key, []).append(driver_cpu(res, jobs))
+    out: dict[str, Any] = {}
+    for name in engines:
+        out[f"noop_{name}_wall_s"] = med(walls[name])
+        out[f"driver_overhead_per_job_{name}_s"] = med(over[name])
+        out[f"driver_cpu_per_job_{name}_s"] = med(cpu[name])
+        key = f"{name}_{k}_per_task"
+        out[f"noop_{name}_wall_s_{k}_per_task"] = med(walls[key])
+        out[f"driver_overhead_per_job_{key}_s"] = med(over[key])
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=100)
+    parser.add_argument("--no-local", action="store_true", help="skip Mandelbrot and local")
     parser.add_argument("--no-slurm", action="store_true")
-    parser.add_argument("--jobs-per-task", type=int, default=10, help="Slurm: K for the 2nd run")
+    parser.add_argument("--no-sge", action="store_true")
+    parser.add_argument("--jobs-per-task", type=int, default=10, help="K for the 2nd runs")
     args = parser.parse_args()
     env = dict(os.environ)
     out: dict[str, Any] = {"runs": args.runs, "jobs": args.jobs, "cores": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="vmwu-bench-sweep-") as tmp:
         work = Path(tmp)
-        out.update(mandelbrot(work, env, args.runs))
+        if not args.no_local:
+            out.update(mandelbrot(work, env, args.runs))
         vm_plan, bare_plan = noop_plans(work, env, args.jobs)
         res = work / "res"
-        walls: dict[int, list[float]] = {1: [], 2: []}
-        over: list[float] = []
-        cpu: list[float] = []
-        for _ in range(args.runs):
-            for slots in (2, 1):
-                wall = timed_sweep(vm_plan, res, env, "-j", str(slots))
-                walls[slots].append(wall)
-                if slots == 2:
-                    over.append(overhead(wall, 2, res, args.jobs))
-                    cpu.append(driver_cpu(res, args.jobs))
-        out["noop_local_wall_s_2_slots"] = med(walls[2])
-        out["noop_local_wall_s_1_slot"] = med(walls[1])
-        out["noop_speedup_2_vs_1_slots"] = round(med(walls[1]) / med(walls[2]), 2)
-        out["driver_overhead_per_job_local_s"] = med(over)
-        out["driver_cpu_per_job_local_s"] = med(cpu)
-        bare = [
-            timed_sweep(bare_plan, res, env, "-j", "2") * 2 / args.jobs for _ in range(args.runs)
-        ]
-        out["machinery_per_job_local_s"] = med(bare)
-        senv = None if args.no_slurm else slurm_env(work, env)
-        if senv is not None:
-            try:
-                swalls, sover, scpu = [], [], []
-                for _ in range(args.runs):
-                    wall = timed_sweep(vm_plan, res, senv, "--executor", "slurm")
-                    swalls.append(wall)
-                    sover.append(overhead(wall, 2, res, args.jobs))
-                    scpu.append(driver_cpu(res, args.jobs))
-                out["noop_slurm_wall_s"] = med(swalls)
-                out["driver_overhead_per_job_slurm_s"] = med(sover)
-                out["driver_cpu_per_job_slurm_s"] = med(scpu)
-                # the same with --jobs-per-task K: Slurm's turnover paid once per K jobs
-                k = str(args.jobs_per_task)
-                kwalls, kover = [], []
-                for _ in range(args.runs):
-                    wall = timed_sweep(
-                        vm_plan, res, senv, "--executor", "slurm", "--jobs-per-task", k
-                    )
-                    kwalls.append(wall)
-                    kover.append(overhead(wall, 2, res, args.jobs))
-                out[f"noop_slurm_wall_s_{k}_per_task"] = med(kwalls)
-                out[f"driver_overhead_per_job_slurm_{k}_per_task_s"] = med(kover)
-            finally:
-                if not env.get("SLURM_CONF"):
-                    subprocess.run(
-                        ["bash", str(ROOT / "scripts" / "slurm-test-cluster.sh"), "stop"],
-                        env={**env, "VMWU_SLURM_DIR": str(work / "slurm")},
-                        capture_output=True,
-                    )
+        if not args.no_local:
+            walls: dict[int, list[float]] = {1: [], 2: []}
+            over: list[float] = []
+            cpu: list[float] = []
+            for _ in range(args.runs):
+                for slots in (2, 1):
+                    wall = timed_sweep(vm_plan, res, env, "-j", str(slots))
+                    walls[slots].append(wall)
+                    if slots == 2:
+                        over.append(overhead(wall, 2, res, args.jobs))
+                        cpu.append(driver_cpu(res, args.jobs))
+            out["noop_local_wall_s_2_slots"] = med(walls[2])
+            out["noop_local_wall_s_1_slot"] = med(walls[1])
+            out["noop_speedup_2_vs_1_slots"] = round(med(walls[1]) / med(walls[2]), 2)
+            out["driver_overhead_per_job_local_s"] = med(over)
+            out["driver_cpu_per_job_local_s"] = med(cpu)
+            bare = [
+                timed_sweep(bare_plan, res, env, "-j", "2") * 2 / args.jobs
+                for _ in range(args.runs)
+            ]
+            out["machinery_per_job_local_s"] = med(bare)
+        engines: dict[str, dict[str, str]] = {}
+        stop_sge = False
+        try:
+            senv = None if args.no_slurm else slurm_env(work, env)
+            if senv is not None:
+                engines["slurm"] = senv
+            if not args.no_sge:
+                genv, stop_sge = sge_env(env)
+                if genv is not None:
+                    engines["sge"] = genv
+            if engines:
+                out.update(
+                    clusters(vm_plan, res, engines, args.runs, args.jobs, args.jobs_per_task)
+                )
+        finally:
+            if "slurm" in engines and not env.get("SLURM_CONF"):
+                subprocess.run(
+                    ["bash", str(ROOT / "scripts" / "slurm-test-cluster.sh"), "stop"],
+                    env={**env, "VMWU_SLURM_DIR": str(work / "slurm")},
+                    capture_output=True,
+                )
+            if stop_sge:
+                subprocess.run(
+                    ["bash", str(ROOT / "scripts" / "sge-test-cluster.sh"), "stop"],
+                    capture_output=True,
+                )
     print(json.dumps(out, indent=2))
 
 

@@ -16,6 +16,9 @@ PACKAGES=(python3 python3-venv python3-pip qemu-system-x86 qemu-utils e2fsprogs 
 # slurm-wlm, slurmctld, slurmd, slurm-client, munge: the Slurm executor of `vmwu sweep` and the
 # single-node test cluster its tests start (scripts/slurm-test-cluster.sh).
 PACKAGES+=(slurm-wlm slurmctld slurmd slurm-client munge)
+# gridengine-*: the Grid Engine executor and its single-node test cluster
+# (scripts/sge-test-cluster.sh, which also answers their debconf questions before install).
+PACKAGES+=(gridengine-master gridengine-exec gridengine-client)
 # mmdebstrap, uidmap, fakechroot: `vmwu base build debian` (rootless: user namespaces, or
 # fakechroot where they do not work); fdisk, mtools, dosfstools, syslinux, syslinux-common:
 # bootable BIOS disk images for `vmwu base import` (tests, bench); ovmf: UEFI firmware;
@@ -36,6 +39,7 @@ if [ "${#missing[@]}" -gt 0 ] || ! ls /var/lib/apt/lists/*_Packages >/dev/null 2
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "setup: installing ${missing[*]}"
+    case " ${missing[*]} " in *" gridengine-"*) $SUDO bash scripts/sge-test-cluster.sh preseed ;; esac
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 

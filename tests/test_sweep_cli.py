@@ -178,9 +178,9 @@ def test_missing_plan_and_bad_options(tmp_path: Path) -> None:
     assert "is not a sweep results directory" in line
 
 
-def test_jobs_per_task_is_for_slurm_and_positive(plan: Path, tmp_path: Path) -> None:
+def test_jobs_per_task_is_for_slurm_or_sge_and_positive(plan: Path, tmp_path: Path) -> None:
     line = one_line_error(sweep(plan, "--jobs-per-task", "4", cwd=tmp_path), 241)
-    assert "--jobs-per-task is for --executor slurm" in line
+    assert "--jobs-per-task is for --executor slurm or sge" in line
     line = one_line_error(sweep(plan, "--jobs-per-task", "0", cwd=tmp_path), 241)
     assert "must be 1 or more" in line
 

@@ -1,13 +1,14 @@
 """``vmwu sweep``: run a plan, and look after its results directory.
 
-    vmwu sweep PLAN [--executor local|slurm|dask] [--results DIR] [options]
+    vmwu sweep PLAN [--executor local|slurm|sge|dask] [--results DIR] [options]
     vmwu sweep resume DIR | status DIR | cancel DIR | report DIR
     vmwu sweep export --format slurm|htcondor|sge PLAN -o DIR
     vmwu sweep exec-job RESULTS JOB_ID --attempt N      (what executors run on a node)
 
 Exit codes: 0 every job done; 1 some jobs failed or were cancelled, or a rootfinish
 command failed (results.csv says which); vmwu's own codes otherwise (241 bad plan or
-options, 247 host failure such as a full disk or an unreachable Slurm, 248 interrupted).
+options, 247 host failure such as a full disk or an unreachable Slurm or Grid Engine,
+248 interrupted).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import sys
 import time
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 
 COMMANDS = ("resume", "status", "cancel", "report", "export", "exec-job")
 
-USAGE = """usage: vmwu sweep PLAN [--executor local|slurm|dask] [--results DIR] [options]
+USAGE = """usage: vmwu sweep PLAN [--executor local|slurm|sge|dask] [--results DIR] [options]
        vmwu sweep resume DIR [--jobs N] [--retry-failed] [--retry-cancelled]
        vmwu sweep status DIR [--all] [--json]
        vmwu sweep cancel DIR
@@ -49,7 +51,7 @@ class _Parser(argparse.ArgumentParser):
 def _run_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vmwu sweep", allow_abbrev=False, description="Run a parameter sweep.")
     p.add_argument("plan", help="a Nimrod plan file, or its TOML form (*.toml)")
-    p.add_argument("--executor", default="local", help="local (default), slurm or dask")
+    p.add_argument("--executor", default="local", help="local (default), slurm, sge or dask")
     p.add_argument("--results", help="results directory (default ./PLAN-results)")
     p.add_argument(
         "--jobs", "-j", type=int, help="parallel jobs (local: default cores; dask: workers)"
@@ -87,11 +89,18 @@ def _run_parser() -> argparse.ArgumentParser:
         help="slurm: extra sbatch argument, e.g. --sbatch-arg=--partition=long",
     )
     p.add_argument(
+        "--qsub-arg",
+        action="append",
+        default=[],
+        metavar="ARGS",
+        help="sge: extra qsub arguments (split like a shell would), e.g. --qsub-arg='-q long.q'",
+    )
+    p.add_argument(
         "--jobs-per-task",
         type=int,
         default=1,
         metavar="K",
-        help="slurm: run K jobs one after the other in each array task (short jobs)",
+        help="slurm, sge: run K jobs one after the other in each array task (short jobs)",
     )
     p.add_argument("--keep-work", action="store_true", help="keep the jobs' node directories")
     p.add_argument(
@@ -186,11 +195,13 @@ def cmd_run(argv: list[str]) -> int:
         exec_opts["scheduler"] = ns.scheduler
     if ns.sbatch_arg:
         exec_opts["sbatch_args"] = list(ns.sbatch_arg)
+    if ns.qsub_arg:
+        exec_opts["qsub_args"] = _split_args("--qsub-arg", ns.qsub_arg)
     if ns.jobs_per_task < 1:
         raise BadInput(f"--jobs-per-task must be 1 or more, not {ns.jobs_per_task}")
     if ns.jobs_per_task > 1:
-        if executor != "slurm":
-            raise BadInput("--jobs-per-task is for --executor slurm")
+        if executor not in ("slurm", "sge"):
+            raise BadInput("--jobs-per-task is for --executor slurm or sge")
         exec_opts["jobs_per_task"] = ns.jobs_per_task
     opts = SweepOptions(
         executor=executor,
@@ -222,6 +233,14 @@ def cmd_run(argv: list[str]) -> int:
     get_executor(executor, Context(results, "check", options=exec_opts)).check()
     results.mkdir(parents=True, exist_ok=True)
     return drive(results, quiet=ns.quiet, create_args=(plan_path, opts))
+
+
+def _split_args(option: str, values: Sequence[str]) -> list[str]:
+    """Arguments for an engine's command (an argument list: no shell ever sees them)."""
+    try:
+        return [word for value in values for word in shlex.split(value)]
+    except ValueError as err:
+        raise BadInput(f"{option}: {err}", hint="quote as a shell would") from None
 
 
 def _dir_parser(prog: str) -> _Parser:

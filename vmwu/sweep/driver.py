@@ -307,8 +307,8 @@ class Driver:
 
     def log_tail(self, row: JobRow) -> str:
         path = self.layout.log(row.id, row.attempts)
-        if row.handle and self.executor.name == "slurm":
-            path = self.layout.slurm / f"{row.handle}.out"
+        if row.handle:
+            path = self.executor.output_file(row.handle) or path
         with contextlib.suppress(OSError):
             lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()]
             lines = [ln for ln in lines if ln]

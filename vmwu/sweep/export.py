@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import sys
 from collections.abc import Mapping
@@ -85,6 +86,12 @@ def export_plan(
     prepared = prepare(plan, input_dir, overrides or [], max_jobs or DEFAULT_MAX_JOBS)
     jobs = prepared.jobs
     out = out.absolute()
+    if fmt == "sge" and ('"' in str(out) or "\n" in str(out)):
+        raise BadInput(
+            f"export directory {out}: Grid Engine's #$ lines cannot hold a path with "
+            "double quotes or line breaks",
+            hint="choose another -o directory",
+        )
     if out.exists() and any(out.iterdir()):
         raise BadInput(f"export directory {out} is not empty", hint="choose a new -o directory")
     for sub in ("params", "jobs", "logs"):
@@ -344,14 +351,23 @@ exec sh {shlex.quote(str(out))}/task.sh "$SLURM_ARRAY_TASK_ID"
 
 
 def _sge(out: Path, n: int) -> str:
+    # qsub reads "#$" lines with double quotes (not shell quoting); a leading ':' keeps a
+    # ':' in the path from being read as HOST:PATH
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"vmwu-{out.name}")
     return f"""#!/bin/sh
-#$ -N vmwu-{out.name}
+#$ -N {name}
 #$ -t 1-{n}
 #$ -S /bin/sh
+#$ -V
 #$ -j y
-#$ -o {out}/logs/
-# submit: qsub {out}/submit.sge
-exec sh {shlex.quote(str(out))}/task.sh "$SGE_TASK_ID"
+#$ -o ":{out}/logs/"
+# submit: qsub {shlex.quote(str(out / "submit.sge"))}
+# (-V: the jobs see the submitting shell's environment, as sbatch gives it by default)
+sh {shlex.quote(str(out))}/task.sh "$SGE_TASK_ID"
+code=$?
+# 99 would make Grid Engine run the task again, 100 put it in an error state
+case $code in 99|100) code=1 ;; esac
+exit $code
 """
 
 

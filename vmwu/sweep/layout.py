@@ -15,6 +15,7 @@ driver and the nodes)::
       run/JOBID.aN.json     written by a job when it starts: host, pid, start time
       logs/JOBID.aN.log     the runner's own output (local and Dask executors)
       slurm/                batch scripts, job lists and Slurm's output files
+      sge/                  the same for Grid Engine
       results.csv, results.json, timeline.png
 """
 

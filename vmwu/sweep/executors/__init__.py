@@ -1,10 +1,11 @@
-"""Executors: where jobs run. One interface, one module per engine (local, slurm, dask).
+"""Executors: where jobs run. One interface, one module per engine (local, slurm, sge, dask).
 
 Every executor starts the same node-side command for a job,
 ``python -m vmwu sweep exec-job RESULTS JOB_ID --attempt N`` (:mod:`vmwu.sweep.runner`),
 and reports what it sees; the job's outcome itself is read from the results directory by
 the driver, never from the executor. A *handle* is the executor's name for one submitted
-attempt, a string the journal keeps (``pid:START`` / ``SLURMID_TASK`` / a Dask key).
+attempt, a string the journal keeps (``pid:START`` / ``SLURMID_TASK`` / ``SGEID.TASK`` / a
+Dask key).
 """
 
 from __future__ import annotations
@@ -112,6 +113,11 @@ class Executor(ABC):
         """Sleep until the next poll (an executor may wake up early when a job ends)."""
         time.sleep(timeout)
 
+    def output_file(self, handle: str) -> Path | None:
+        """Where the engine writes what a task printed (quoted when a job left no result);
+        None: the runner's own log, ``logs/JOBID.aN.log``."""
+        return None
+
     def attach(self, handles: Mapping[str, str]) -> None:  # noqa: B027 - optional hook
         """Follow jobs submitted by an earlier driver (on resume)."""
 
@@ -122,6 +128,7 @@ class Executor(ABC):
 EXECUTORS = {
     "local": "vmwu.sweep.executors.local:LocalExecutor",
     "slurm": "vmwu.sweep.executors.slurm:SlurmExecutor",
+    "sge": "vmwu.sweep.executors.sge:GridEngineExecutor",
     "dask": "vmwu.sweep.executors.dask:DaskExecutor",
 }
 
@@ -130,8 +137,8 @@ def check_name(name: str) -> str:
     if name not in EXECUTORS:
         close = difflib.get_close_matches(name, list(EXECUTORS), n=1)
         raise BadInput(
-            f"unknown executor {name!r} (local, slurm or dask)",
-            hint=f"did you mean '{close[0]}'?" if close else "--executor local|slurm|dask",
+            f"unknown executor {name!r} (local, slurm, sge or dask)",
+            hint=f"did you mean '{close[0]}'?" if close else "--executor local|slurm|sge|dask",
         )
     return name
 

@@ -75,6 +75,9 @@ class SlurmExecutor(Executor):
         self.jobs_per_task = max(1, int(ctx.options.get("jobs_per_task", 1)))
         self.jobs_share_tasks = self.jobs_per_task > 1
 
+    def output_file(self, handle: str) -> Path | None:
+        return self.ctx.layout.slurm / f"{handle}.out"
+
     def check(self) -> None:
         conf = os.environ.get("SLURM_CONF")
         if conf and not Path(conf).is_file():
