@@ -4,7 +4,6 @@ node-side runner, resume, status, cancel, report and export end to end."""
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import run_vmwu
+from tests.faults import fill_disk_for
 from vmwu.errors import HostDiskFull
 
 
@@ -258,14 +258,7 @@ def test_runner_leaves_no_half_written_result_when_the_disk_fills(
 
     exp = create(plan, tmp_path / "res", SweepOptions())
     job = exp.journal.jobs()[0].id
-    real_open = open
-
-    def full_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
-        if "w" in mode and f"/jobs/.{job}.tmp-" in str(file) and "job.json" in str(file):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_open(file, mode, *args, **kwargs)
-
-    monkeypatch.setattr("builtins.open", full_open)
+    fill_disk_for(monkeypatch, lambda p: f"/jobs/.{job}.tmp-" in p and "job.json" in p)
     with pytest.raises(HostDiskFull, match="no space left"):
         exec_job(exp.results, job, 1)
     assert os.listdir(exp.results / "jobs") == []  # neither a result nor a temporary one

@@ -12,12 +12,13 @@ from typing import Any
 
 import pytest
 
+from tests.faults import fill_disk_for
 from vmwu.errors import HostDiskFull
 from vmwu.hostfs import write_json_atomic
 from vmwu.sweep.driver import Driver
 from vmwu.sweep.executors import Context, Executor, Observed, Phase, Submission
 from vmwu.sweep.experiment import Experiment, SweepOptions, create, open_existing
-from vmwu.sweep.journal import IllegalTransition, Journal, State
+from vmwu.sweep.journal import ONE_MORE_ATTEMPT, IllegalTransition, Journal, State
 from vmwu.sweep.layout import Layout
 from vmwu.sweep.progress import SweepProgress
 
@@ -164,7 +165,7 @@ def test_resume_after_a_crash_between_submitting_and_the_handle(tmp_path: Path) 
     rows = exp.journal.jobs()
     # the crash: jobs 0 and 1 marked submitting, only job 0 reached the engine
     exp.journal.transition(
-        [rows[0].id, rows[1].id], State.SUBMITTING, attempts="+1", handle="batch:b00001"
+        [rows[0].id, rows[1].id], State.SUBMITTING, attempts=ONE_MORE_ATTEMPT, handle="batch:b00001"
     )
     ex.found = {rows[0].id: f"fake:{rows[0].id}:1"}
     ex.write(rows[0].id, 1, "done")
@@ -177,7 +178,9 @@ def test_resume_after_a_crash_between_submitting_and_the_handle(tmp_path: Path) 
 def test_resume_settles_results_that_appeared_while_no_driver_ran(tmp_path: Path) -> None:
     exp, ex, driver = make(tmp_path)
     rows = exp.journal.jobs()
-    exp.journal.transition([rows[0].id], State.SUBMITTING, attempts="+1", handle="batch:b1")
+    exp.journal.transition(
+        [rows[0].id], State.SUBMITTING, attempts=ONE_MORE_ATTEMPT, handle="batch:b1"
+    )
     exp.journal.transition([rows[0].id], State.SUBMITTED, handle="fake:x:1")
     exp.journal.transition([rows[0].id], State.RUNNING)
     ex.write(rows[0].id, 1, "done")
@@ -251,17 +254,10 @@ def test_disk_full_in_the_journal_is_a_host_failure(tmp_path: Path) -> None:
 def test_disk_full_while_writing_the_summary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import errno
 
     exp, _, driver = make(tmp_path)
-    real_open = open
-
-    def full_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
-        if "w" in mode and str(file).startswith(str(exp.results)) and "results" in Path(file).name:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_open(file, mode, *args, **kwargs)
-
-    monkeypatch.setattr("builtins.open", full_open)
+    results = str(exp.results)
+    fill_disk_for(monkeypatch, lambda p: p.startswith(results) and "results" in Path(p).name)
     with pytest.raises(HostDiskFull):
         driver.summary(force=True)
     # the journal is intact: the sweep can go on once there is room

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from vmwu.errors import HostDiskFull
+from vmwu.hostfs import write_json_atomic
 from vmwu.wrapper import fsutil
 from vmwu.wrapper.checkpoint import CheckpointStore, CorruptCheckpoint, verify
-from vmwu.wrapper.fsutil import digest, sparse_copy, write_json_atomic
+from vmwu.wrapper.fsutil import digest, sparse_copy
 
 GiB = 1024**3
 

@@ -315,9 +315,10 @@ class SafeDir:
         os.set_blocking(fd, True)
         return fd
 
-    def _temp(self, mode: int) -> tuple[str, int]:
+    def _temp(self, mode: int, name: str | bytes) -> tuple[str, int]:
+        """A new file under a fresh name (that says what it will become)."""
         for _ in range(100):
-            tmp = f".vmwu-tmp-{secrets.token_hex(6)}"
+            tmp = f".vmwu-tmp-{secrets.token_hex(6)}-{os.fsdecode(name)[:200]}"
             try:
                 return tmp, os.open(tmp, _NEW_FILE_FLAGS, mode & PERMISSION_BITS, dir_fd=self.fd)
             except FileExistsError:
@@ -330,7 +331,7 @@ class SafeDir:
         """Replace ``name`` with a file holding ``data``: written under a fresh name, then
         renamed over ``name``. An existing link of that name is replaced, never followed."""
         self._check(name)
-        tmp, fd = self._temp(mode)
+        tmp, fd = self._temp(mode, name)
         try:
             try:
                 view = memoryview(data)
@@ -351,7 +352,7 @@ class SafeDir:
         """Replace ``name`` with a copy of vmwu's own file ``src`` (holes kept), through a
         fresh name and a rename."""
         self._check(name)
-        tmp, out = self._temp(mode)
+        tmp, out = self._temp(mode, name)
         try:
             try:
                 src_fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)

@@ -19,6 +19,7 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -55,9 +56,16 @@ def spawn(
     )
 
 
+class JobState(StrEnum):
+    """How a job's commands came out (``state`` in its job.json)."""
+
+    DONE = "done"
+    FAILED = "failed"
+
+
 @dataclass
 class Outcome:
-    state: str = "done"  # done | failed
+    state: JobState = JobState.DONE
     exit_code: int | None = 0
     error: str | None = None
     infra: bool = False
@@ -136,7 +144,7 @@ class TaskRun:
                     outcome.ignored += 1
                     self.note(f"{error} (onerror ignore: going on)")
                     continue
-                outcome.state, outcome.exit_code, outcome.error = "failed", code, error
+                outcome.state, outcome.exit_code, outcome.error = JobState.FAILED, code, error
                 outcome.infra = infra
                 break
         finally:

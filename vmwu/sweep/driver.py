@@ -30,12 +30,12 @@ from typing import Any
 
 from vmwu.errors import Interrupted, VmwuError
 from vmwu.locks import held_by_this_process, holder
-from vmwu.sweep.commands import Place, TaskRun
+from vmwu.sweep.commands import JobState, Place, TaskRun
 from vmwu.sweep.executors import Context, Executor, Observed, Phase, Submission, get_executor
 from vmwu.sweep.expand import NIMROD_VAR, root_relative
 from vmwu.sweep.experiment import Experiment
 from vmwu.sweep.hostcopy import kind_of, move_in
-from vmwu.sweep.journal import ACTIVE, JobRow, State
+from vmwu.sweep.journal import ACTIVE, ONE_ATTEMPT_LESS, ONE_MORE_ATTEMPT, JobRow, State
 from vmwu.sweep.layout import ROOT_STAGE, Layout, read_json
 from vmwu.sweep.model import Task, Value, format_value
 from vmwu.sweep.progress import SweepProgress
@@ -161,13 +161,15 @@ class Driver:
         batch = f"b{batches:05d}"
         self.journal.set_meta({"batches": batches})
         ids = [r.id for r in rows]
-        self.journal.transition(ids, State.SUBMITTING, attempts="+1", handle=f"batch:{batch}")
+        self.journal.transition(
+            ids, State.SUBMITTING, attempts=ONE_MORE_ATTEMPT, handle=f"batch:{batch}"
+        )
         subs = [Submission(r.id, r.attempts + 1) for r in rows]
         try:
             handles = self.executor.submit(subs, batch)
         except Exception:
             # Nothing was accepted (the engine said no): back to pending, then report.
-            self.journal.transition(ids, State.PENDING, attempts="-1", handle=None)
+            self.journal.transition(ids, State.PENDING, attempts=ONE_ATTEMPT_LESS, handle=None)
             raise
         now = time.time()
         self.journal.transition_each(
@@ -241,7 +243,7 @@ class Driver:
 
     def from_result(self, row: JobRow) -> None:
         info = _job_json(self.layout.result(row.id))
-        state = State.DONE if info.get("state") == "done" else State.FAILED
+        state = State.DONE if info.get("state") == JobState.DONE else State.FAILED
         error = info.get("error")
         problem = self.publish(row.id, info.get("root_files") or [])
         if problem is not None:
@@ -324,7 +326,7 @@ class Driver:
                 continue
             if (
                 row.state is State.FAILED
-                and _job_json(self.layout.result(row.id)).get("state") != "done"
+                and _job_json(self.layout.result(row.id)).get("state") != JobState.DONE
             ):
                 continue  # already settled from this result
             self.from_result(row)
@@ -341,7 +343,7 @@ class Driver:
             )
             lost = [r.id for r in rows if r.id not in found]
             self.journal.transition(
-                lost, State.PENDING, "never submitted", attempts="-1", handle=None
+                lost, State.PENDING, "never submitted", attempts=ONE_ATTEMPT_LESS, handle=None
             )
         followed = {r.id: r.handle for r in self.journal.jobs(ACTIVE) if r.handle}
         self.executor.attach(followed)
@@ -427,7 +429,7 @@ def run_root_task(
     with open(log_path, "ab") as log:
         log.write(f"vmwu: task {task.name}\n".encode())
         outcome = TaskRun(Place(task.name, results, input_dir, values, env, log)).run(task.steps)
-    if outcome.state != "done":
+    if outcome.state is not JobState.DONE:
         raise TaskFailed(f"task {task.name} failed: {outcome.error}", hint=f"see {log_path}")
 
 
@@ -441,4 +443,7 @@ def _job_json(directory: Path) -> dict[str, Any]:
         data: dict[str, Any] = read_json(directory / "job.json")
         return data
     except (OSError, ValueError):
-        return {"state": "failed", "error": f"{directory}/job.json is missing or unreadable"}
+        return {
+            "state": JobState.FAILED.value,
+            "error": f"{directory}/job.json is missing or unreadable",
+        }

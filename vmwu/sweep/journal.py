@@ -58,6 +58,18 @@ TRANSITIONS: dict[State, set[State]] = {
 }
 
 
+@dataclass(frozen=True)
+class AttemptChange:
+    """A job's attempt count moved relative to what the journal holds (in the same
+    transaction as its state)."""
+
+    delta: int
+
+
+ONE_MORE_ATTEMPT = AttemptChange(+1)  # submitted once more
+ONE_ATTEMPT_LESS = AttemptChange(-1)  # the submission did not happen after all
+
+
 class IllegalTransition(RuntimeError):
     pass
 
@@ -240,7 +252,7 @@ class Journal:
     ) -> None:
         """Move jobs to ``to`` (checked against :data:`TRANSITIONS`), setting ``fields``
         (attempts, exit_code, node, handle, error, *_at), in one transaction. ``attempts``
-        may be ``"+1"`` or ``"-1"``."""
+        may be a number, or :data:`ONE_MORE_ATTEMPT` / :data:`ONE_ATTEMPT_LESS`."""
         self.transition_each(to, {jid: fields for jid in job_ids}, detail)
 
     def transition_each(
@@ -269,10 +281,9 @@ class Journal:
         current = State(row["state"])
         if to != current and to not in TRANSITIONS[current]:
             raise IllegalTransition(f"job {jid}: {current} → {to} is not allowed")
-        if values.get("attempts") == "+1":
-            values["attempts"] = row["attempts"] + 1
-        elif values.get("attempts") == "-1":
-            values["attempts"] = max(0, row["attempts"] - 1)
+        attempts = values.get("attempts")
+        if isinstance(attempts, AttemptChange):
+            values["attempts"] = max(0, row["attempts"] + attempts.delta)
         unknown = set(values) - _FIELDS
         if unknown:
             raise ValueError(f"unknown job fields {sorted(unknown)}")

@@ -48,7 +48,7 @@ from vmwu import procstat as procs
 from vmwu.errors import BadInput, ExitCode, HostDiskFull, VmwuError
 from vmwu.hostfs import SafeDir, is_disk_full, write_json_atomic
 from vmwu.run.status import RunStatus
-from vmwu.sweep.commands import Outcome, Place, TaskRun
+from vmwu.sweep.commands import JobState, Outcome, Place, TaskRun
 from vmwu.sweep.expand import NIMROD_VAR, job_values
 from vmwu.sweep.hostcopy import copy_untrusted
 from vmwu.sweep.layout import ROOT_STAGE, Layout, read_json
@@ -190,7 +190,7 @@ class Runner:
                 try:
                     self.nodestart(log)
                 except NodeStartFailed as err:
-                    outcome = Outcome("failed", None, str(err), infra=True)
+                    outcome = Outcome(JobState.FAILED, None, str(err), infra=True)
                 else:
                     outcome = self.main(log)
             self.keep_vmwu_runs()
@@ -254,7 +254,7 @@ class Runner:
                 self.task = TaskRun(place)
                 outcome = self.task.run(task.steps)
                 self.task = None
-                if outcome.state != "done":
+                if outcome.state is not JobState.DONE:
                     raise NodeStartFailed(f"task nodestart failed on {self.host}: {outcome.error}")
                 done.write_text(f"{self.host} {time.time()}\n")
         for entry in home.iterdir():
@@ -311,7 +311,7 @@ class Runner:
     def finish(self, outcome: Outcome, started: float) -> int:
         max_attempts = int(self.exp.get("max_attempts", 3))
         retry_app = bool(self.exp.get("retry_app_failures"))
-        retryable = outcome.state == "failed" and (outcome.infra or retry_app)
+        retryable = outcome.state is JobState.FAILED and (outcome.infra or retry_app)
         final = not retryable or self.attempt >= max_attempts
         run_status = _status(self.tmp, self.tmp)
         write_json_atomic(
@@ -320,7 +320,7 @@ class Runner:
                 "job": self.job_id,
                 "params": self.params,
                 "attempt": self.attempt,
-                "state": outcome.state,
+                "state": outcome.state.value,
                 "exit_code": outcome.exit_code,
                 "error": outcome.error,
                 "ignored_failures": outcome.ignored,
@@ -357,7 +357,7 @@ class Runner:
             )
         if not final:
             return RETRY_EXIT
-        if outcome.state == "done":
+        if outcome.state is JobState.DONE:
             return 0
         code = outcome.exit_code if outcome.exit_code is not None else 1
         return code if 0 < code < 256 else 1
