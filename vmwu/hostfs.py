@@ -73,9 +73,14 @@ def rel_parts(rel: str, where: str) -> list[str]:
     return parts
 
 
+def is_disk_full(exc: OSError) -> bool:
+    """The error says the file system (or the user's quota on it) is full."""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def os_failure(exc: OSError, where: str) -> HostFailure:
     """A host-side OSError as vmwu's own error: disk full, or one line naming the place."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if is_disk_full(exc):
         return HostDiskFull(where)
     return HostFailure(f"{where}: {exc.strerror or exc}")
 

@@ -25,12 +25,14 @@ from pathlib import Path
 from vmwu import AGENT_VERSION, __version__, guest, tools
 from vmwu.arch import canonical_arch, parse_os
 from vmwu.bases.catalog import BaseImage, Catalog, choose_base
+from vmwu.digest import file_sha256
 from vmwu.errors import BadInput, BaseNotFound, SpecError, ToolNotFound
 from vmwu.images import ext4, inspect, qemu_img
 from vmwu.pack.spec import Spec
 from vmwu.pack.template import render
+from vmwu.unit.archive import write_ova
+from vmwu.unit.descriptor import default_href
 from vmwu.unit.model import BaseRef, BootMethod, FileRole, GuestLayout, UnitDescriptor, UnitFile
-from vmwu.unit.ova import default_href, file_sha256, write_ova
 
 log = logging.getLogger(__name__)
 
