@@ -1,4 +1,5 @@
-"""The one door for XML from outside: OVF descriptors of units from elsewhere, job.xml files.
+"""The one door for XML from outside: OVF descriptors of units from elsewhere, a BOINC slot's
+``init_data.xml``, job.xml files.
 
 Both are parsed by defusedxml's expat parsers with every document type declaration
 refused (``forbid_dtd``): the DOCTYPE is refused when expat reaches it, before any entity
@@ -6,7 +7,7 @@ is declared, expanded or fetched, so neither an entity bomb nor an external enti
 anything. Callers turn the two exceptions below into their own one-line errors.
 
 - :func:`parse_element` gives an ElementTree element (namespaces resolved), for the OVF
-  descriptor, read as UTF-8 whatever its XML declaration names;
+  descriptor (read as UTF-8 whatever its XML declaration names) and ``init_data.xml``;
 - :func:`parse_nodes` gives a small tree of :class:`Node` with the line of every element
   and text, without namespace processing, for job.xml, whose errors name ``FILE:LINE``.
 """
@@ -27,11 +28,13 @@ from defusedxml.expatreader import DefusedExpatParser
 
 
 class XmlRefused(Exception):
-    """The document has a document type declaration (or an entity): refused unread."""
+    """The document has a document type declaration (or an entity): refused unread.
+    ``detail`` is defusedxml's account of it."""
 
-    def __init__(self, line: int) -> None:
-        super().__init__(f"document type declaration at line {line}")
+    def __init__(self, line: int, detail: str) -> None:
+        super().__init__(f"line {line}: {detail}")
         self.line = line
+        self.detail = detail
 
 
 class XmlMalformed(Exception):
@@ -44,19 +47,20 @@ class XmlMalformed(Exception):
         self.column = column
 
 
-def parse_element(data: bytes, *, encoding: str = "UTF-8") -> ET.Element:
-    """The root element of ``data``, decoded as ``encoding`` whatever the XML declaration
-    says (an unknown name there made expat raise LookupError, found by the fuzzer)."""
+def parse_element(data: bytes, *, encoding: str | None = None) -> ET.Element:
+    """The root element of ``data``; with ``encoding``, decoded as that whatever the XML
+    declaration says (an unknown name there made expat raise LookupError, found by the
+    fuzzer: without ``encoding`` that is a malformed document too)."""
     parser = DefusedXMLParser(encoding=encoding, forbid_dtd=True)
     try:
         parser.feed(data)
         root: ET.Element = parser.close()
-    except DefusedXmlException:
-        raise XmlRefused(parser.parser.CurrentLineNumber) from None
+    except DefusedXmlException as err:
+        raise XmlRefused(parser.parser.CurrentLineNumber, str(err)) from None
     except ET.ParseError as err:
         line, column = err.position
         raise XmlMalformed(expat.ErrorString(err.code), line, column) from None
-    except (LookupError, ValueError) as err:  # pragma: no cover - expat reports these itself
+    except (LookupError, ValueError) as err:  # an encoding Python does not know
         where = parser.parser
         raise XmlMalformed(str(err), where.CurrentLineNumber, where.CurrentColumnNumber) from None
     return root
@@ -116,8 +120,8 @@ def parse_nodes(data: bytes) -> Node:
     source.setByteStream(io.BytesIO(data))
     try:
         parser.parse(source)
-    except DefusedXmlException:
-        raise XmlRefused(builder.line()) from None
+    except DefusedXmlException as err:
+        raise XmlRefused(builder.line(), str(err)) from None
     except SAXParseException as err:
         raise XmlMalformed(
             err.getMessage(), err.getLineNumber() or 0, err.getColumnNumber() or 0
