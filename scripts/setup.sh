@@ -46,8 +46,9 @@ fi
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-# package: PyInstaller, for `vmwu boinc package` and its test.
-.venv/bin/pip install -q --disable-pip-version-check -e '.[dev,package]'
+# package: PyInstaller, for `vmwu boinc package` and its test; dask and report: the Dask
+# executor and `vmwu sweep report` (optional for users, installed here for the tests).
+.venv/bin/pip install -q --disable-pip-version-check -e '.[dev,package,dask,report]'
 # An editable install leaves vmwu's bytecode to be written at first import, which
 # PYTHONDONTWRITEBYTECODE (set on some machines, ours included) prevents: every `vmwu run`
 # would then compile its modules again (~0.1 s). A regular pip install compiles them.

@@ -31,7 +31,7 @@ from vmwu.cache import NodeCache
 from vmwu.errors import ExitCode, HostDiskFull
 from vmwu.run import resolve
 from vmwu.unit.model import FileRole
-from vmwu.unit.ova import OvaReader
+from vmwu.unit.reader import OvaReader
 
 BAD_INPUT = ExitCode.BAD_INPUT
 BASE_NOT_FOUND = ExitCode.BASE_NOT_FOUND

@@ -55,6 +55,10 @@ def test_real_client_init_data() -> None:
         ("<app_init_data><slot>1</slot>", r"init_data.xml:1:\d+: not well-formed XML"),
         ('<!DOCTYPE a [<!ENTITY x "y">]><app_init_data>&x;</app_init_data>', r"refused"),
         ('<!DOCTYPE a SYSTEM "http://127.0.0.1/x.dtd"><app_init_data/>', r"refused"),
+        # an encoding Python does not know raised LookupError (a traceback) before
+        # init_data.xml went through vmwu.xmlsafe
+        ('<?xml version="1.0" encoding="nope"?><app_init_data/>',
+         r"init_data.xml:1:\d+: not well-formed XML"),
         ("<app_init_data><wu_name>" + "w" * 5000 + "</wu_name></app_init_data>",
          r"<wu_name>: longer than 4096"),
     ],

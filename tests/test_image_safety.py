@@ -37,11 +37,13 @@ from tests.test_bad_input import (
 )
 from vmwu import tools
 from vmwu.cache import NodeCache
+from vmwu.digest import file_sha256
 from vmwu.errors import ExitCode, UnitError
 from vmwu.images import ext4, inspect, qemu_img
 from vmwu.run import resolve
+from vmwu.unit.archive import write_ova
 from vmwu.unit.model import FileRole
-from vmwu.unit.ova import OvaReader, file_sha256, write_ova
+from vmwu.unit.reader import OvaReader
 
 MiB = 1024**2
 

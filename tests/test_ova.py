@@ -14,18 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from vmwu.digest import file_sha256
 from vmwu.errors import HostDiskFull, UnitError
-from vmwu.unit import ova
+from vmwu.unit.archive import write_ova
+from vmwu.unit.descriptor import MAX_DESCRIPTOR_BYTES
+from vmwu.unit.manifest import parse_manifest, render_manifest
 from vmwu.unit.model import BaseRef, BootMethod, FileRole, GuestLayout, UnitDescriptor, UnitFile
-from vmwu.unit.ova import (
-    OvaReader,
-    file_sha256,
-    parse_manifest,
-    parse_ovf,
-    render_manifest,
-    render_ovf,
-    write_ova,
-)
+from vmwu.unit.ovf_parse import parse_ovf
+from vmwu.unit.ovf_render import render_ovf
+from vmwu.unit.reader import OvaReader
 
 OVF = "{http://schemas.dmtf.org/ovf/envelope/1}"
 RASD = "{http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData}"
@@ -658,7 +655,7 @@ def test_reader_refuses_entity_bomb(tmp_path: Path) -> None:
 
 def test_reader_refuses_oversized_descriptor_without_reading_it(tmp_path: Path) -> None:
     entries = good_entries()
-    entries[0] = reg("u.ovf", b" " * (ova.MAX_DESCRIPTOR_BYTES + 1))
+    entries[0] = reg("u.ovf", b" " * (MAX_DESCRIPTOR_BYTES + 1))
     with pytest.raises(UnitError, match="too large"):
         OvaReader(craft(tmp_path, entries))
 

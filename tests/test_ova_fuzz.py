@@ -1,4 +1,4 @@
-"""Property-based tests of the OVA reader (vmwu/ova.py ``OvaReader``), the parser of
+"""Property-based tests of the OVA reader (vmwu/unit/reader.py ``OvaReader``), the parser of
 units from elsewhere: whatever the bytes, opening, verifying and extracting a unit either
 works or raises one of vmwu's own errors (``VmwuError``), and nothing is written anywhere
 but the one destination the caller named.
@@ -25,7 +25,9 @@ from hypothesis import strategies as st
 
 from tests.test_ova import APP, OUT, good_entries, make_desc
 from vmwu.errors import VmwuError
-from vmwu.unit.ova import OvaReader, render_manifest, render_ovf
+from vmwu.unit.manifest import render_manifest
+from vmwu.unit.ovf_render import render_ovf
+from vmwu.unit.reader import OvaReader
 
 EXAMPLES = int(os.environ.get("VMWU_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(

@@ -358,6 +358,9 @@ def cmd_cache(args: argparse.Namespace, extra: list[str]) -> int:
 # -- main -----------------------------------------------------------------------------------
 
 
+_Commands = argparse._SubParsersAction  # the type of add_subparsers()'s result
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="vmwu",
@@ -371,12 +374,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+    # parsed by their own modules (see main): listed here for the help
     sub.add_parser("pack", help="pack an application into a work unit (.ova)", add_help=False)
-
     sub.add_parser("run", help="launch one instance of a work unit", add_help=False)
     sub.add_parser("sweep", help="run a parameter sweep (Nimrod plan) locally, on Slurm or Dask")
     sub.add_parser("wrap", help="run a BOINC-style job.xml (host and VM tasks, checkpoints)")
 
+    _add_unit_commands(sub)
+    _add_node_commands(sub)
+    b = sub.add_parser("base", help="base images: build, list, show, add, remove")
+    bsub = b.add_subparsers(dest="base_command", required=True, parser_class=_Parser)
+    _add_base_build(bsub)
+    _add_catalog_commands(bsub)
+    _add_base_add(bsub)
+    _add_base_import(bsub)
+    s = bsub.add_parser("remove", help="remove a base from the catalog")
+    s.add_argument("name")
+    s.add_argument("--catalog")
+    s.set_defaults(func=cmd_base_remove)
+    return p
+
+
+def _add_unit_commands(sub: _Commands[_Parser]) -> None:
+    """``vmwu extract`` and ``vmwu inspect``: looking into a unit or an output image."""
     s = sub.add_parser("extract", help="copy the files out of an output image or a unit's disk")
     s.add_argument("image", help="an output image (raw/qcow2) or a .ova")
     s.add_argument("dest", help="directory to copy the files into")
@@ -391,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-verify", action="store_true", help="skip hashing the members")
     s.set_defaults(func=cmd_inspect)
 
+
+def _add_node_commands(sub: _Commands[_Parser]) -> None:
+    """``vmwu doctor`` and ``vmwu cache``: this node's tools and cache."""
     s = sub.add_parser("doctor", help="check tools, accelerator, catalog and cache")
     s.add_argument("--catalog")
     s.add_argument("--json", action="store_true")
@@ -400,8 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("action", choices=("info", "clean"), nargs="?", default="info")
     s.set_defaults(func=cmd_cache)
 
-    b = sub.add_parser("base", help="base images: build, list, show, add, remove")
-    bsub = b.add_subparsers(dest="base_command", required=True, parser_class=_Parser)
+
+def _add_base_build(bsub: _Commands[_Parser]) -> None:
     s = bsub.add_parser("build", help="build a base from distribution packages and register it")
     s.add_argument("kind", choices=("tiny", "debian"))
     s.add_argument("--arch", default="amd64", help="amd64 (default) or arm64 (built on any host)")
@@ -416,6 +439,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--catalog")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_base_build)
+
+
+def _add_catalog_commands(bsub: _Commands[_Parser]) -> None:
+    """``vmwu base list`` and ``vmwu base show``."""
     s = bsub.add_parser("list", help="list the catalog")
     s.add_argument("--catalog")
     s.add_argument("--json", action="store_true")
@@ -425,6 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--catalog")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_base_show)
+
+
+def _add_base_add(bsub: _Commands[_Parser]) -> None:
     s = bsub.add_parser("add", help="register existing image files as a base")
     s.add_argument("name")
     s.add_argument("disk", nargs="?", help="a bootable disk image (boot method: disk)")
@@ -440,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--replace", action="store_true")
     s.add_argument("--catalog")
     s.set_defaults(func=cmd_base_add)
+
+
+def _add_base_import(bsub: _Commands[_Parser]) -> None:
     s = bsub.add_parser(
         "import", help="register an existing bootable disk image (BIOS) that lacks vmwu"
     )
@@ -465,11 +498,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--catalog")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_base_import)
-    s = bsub.add_parser("remove", help="remove a base from the catalog")
-    s.add_argument("name")
-    s.add_argument("--catalog")
-    s.set_defaults(func=cmd_base_remove)
-    return p
 
 
 SUBSYSTEMS = {"sweep": "vmwu.sweep.cli", "wrap": "vmwu.wrapper.cli"}

@@ -87,6 +87,21 @@ class ToolNotFound(VmwuError):
         self.package = package
 
 
+class ExtraNotInstalled(VmwuError):
+    """An optional feature's Python packages are not installed; the message names the
+    extra that installs them (vmwu/extras.py)."""
+
+    exit_code = ExitCode.MISSING_TOOL
+
+    def __init__(self, feature: str, module: str, extra: str) -> None:
+        super().__init__(
+            f"{feature} needs the Python package '{module}', which is not installed",
+            hint=f"pip install 'vmwu[{extra}]'; scripts/setup.sh installs every extra",
+        )
+        self.module = module
+        self.extra = extra
+
+
 class HostFailure(VmwuError):
     """A host-side operation failed (disk full, permissions, an external tool error)."""
 

@@ -76,6 +76,7 @@ def rel_parts(rel: str, where: str) -> list[str]:
 
 
 def is_disk_full(exc: OSError) -> bool:
+    """The error says the file system (or the user's quota on it) is full."""
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 

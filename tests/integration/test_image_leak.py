@@ -15,7 +15,7 @@ from tests.integration.conftest import Vmwu
 from tests.test_image_safety import rewrite_unit
 from vmwu.errors import ExitCode
 from vmwu.unit.model import FileRole
-from vmwu.unit.ova import OvaReader
+from vmwu.unit.reader import OvaReader
 
 MiB = 1024**2
 

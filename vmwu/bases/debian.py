@@ -29,6 +29,7 @@ import shutil
 import tempfile
 import uuid as uuid_mod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from vmwu import guest, paths
@@ -36,7 +37,7 @@ from vmwu.arch import canonical_arch
 from vmwu.bases import foreign, mmdebstrap
 from vmwu.bases.catalog import BaseImage, Catalog
 from vmwu.bases.register import direct_kernel_base
-from vmwu.bases.tiny import DIRS, PROFILES, applet_links, module_order
+from vmwu.bases.tiny import DIRS, PROFILES, ArchProfile, applet_links, module_order
 from vmwu.errors import BadInput
 from vmwu.guest.protocol import AGENT_VERSION, Label
 from vmwu.images import cpio, ext4, ext4_read, qemu_img, rootfs
@@ -137,6 +138,53 @@ def disk_size(tree_bytes: int) -> int:
     return (size + 64 * MiB - 1) // (64 * MiB) * (64 * MiB)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What one ``vmwu base build debian`` makes, settled before anything is written."""
+
+    name: str
+    release: str
+    arch: str  # vmwu's name: x86_64, aarch64
+    profile: ArchProfile
+    extra: tuple[str, ...]  # the user's --packages
+    bootstrap: mmdebstrap.Bootstrap
+    mirror: str | None
+
+    @property
+    def deb_arch(self) -> str:
+        return self.profile.deb_arch
+
+    @property
+    def foreign(self) -> bool:
+        """Another architecture than the host's: packages are installed in an emulated
+        guest (the second stage), not by mmdebstrap."""
+        return self.bootstrap.foreign
+
+    @property
+    def console(self) -> str:
+        return self.profile.cmdline.split()[0].removeprefix("console=")
+
+
+def _plan(name: str, release: str, packages: Sequence[str], arch: str, mirror: str | None) -> _Plan:
+    arch = canonical_arch(arch)
+    if arch not in PROFILES:
+        raise BadInput(
+            f"the Debian base cannot be built for {arch!r}", hint="use --arch amd64 or arm64"
+        )
+    prof = PROFILES[arch]
+    extra = tuple(p.strip() for p in packages if p.strip())
+    mmdebstrap.check_names(release, extra)
+    wanted = (kernel_package(prof.deb_arch), *BASE_PACKAGES, *extra)
+    spec = mmdebstrap.Bootstrap(
+        release=release,
+        arch=prof.deb_arch,
+        packages=wanted,
+        mirror=mirror,
+        foreign=prof.deb_arch != mmdebstrap.host_arch(),
+    )
+    return _Plan(name, release, arch, prof, extra, spec, mirror)
+
+
 def build_debian(
     catalog: Catalog,
     *,
@@ -150,22 +198,7 @@ def build_debian(
 ) -> BaseImage:
     if not replace and catalog.exists(name):
         raise BadInput(f"base '{name}' already exists in {catalog.path}", hint="use --replace")
-    arch = canonical_arch(arch)
-    if arch not in PROFILES:
-        raise BadInput(
-            f"the Debian base cannot be built for {arch!r}", hint="use --arch amd64 or arm64"
-        )
-    prof = PROFILES[arch]
-    deb_arch = prof.deb_arch
-    extra = tuple(p.strip() for p in packages if p.strip())
-    mmdebstrap.check_names(release, extra)
-    wanted = (kernel_package(deb_arch), *BASE_PACKAGES, *extra)
-    is_foreign = deb_arch != mmdebstrap.host_arch()
-    spec = mmdebstrap.Bootstrap(
-        release=release, arch=deb_arch, packages=wanted, mirror=mirror, foreign=is_foreign
-    )
-    console = prof.cmdline.split()[0].removeprefix("console=")
-    cmdline_base = prof.cmdline
+    plan = _plan(name, release, packages, arch, mirror)
     base_dir = paths.bases_dir() / name
     base_dir.parent.mkdir(parents=True, exist_ok=True)
     # the second stage's console, beside the base (not in the build's temp dir, which a
@@ -173,85 +206,114 @@ def build_debian(
     console_log = base_dir.parent / f"{name}.second-stage.log"
     with tempfile.TemporaryDirectory(prefix=f".{name}-build-", dir=base_dir.parent) as tmp_str:
         tmp = Path(tmp_str)
-        how = " (packages unpacked only: installed in the guest next)" if is_foreign else ""
-        step(f"bootstrapping Debian {release} ({deb_arch}) with mmdebstrap{how}")
-        mmdebstrap.bootstrap(spec, tmp / "rootfs.tar")
-        step("unpacking the root file system")
-        staged = rootfs.extract(tmp / "rootfs.tar", tmp / "root")
-        (tmp / "rootfs.tar").unlink()
-        kernel, version = find_kernel(staged.root)
-        install_guest_side(staged, console)
-        if is_foreign:
-            foreign.add_script(staged)
+        staged, kernel, version = _stage_tree(plan, tmp, step)
         out = tmp / "out"
         out.mkdir()
         step("writing the initramfs")
         build_initramfs(staged.root, version, out / "initrd.img")
         shutil.copyfile(kernel, out / "kernel")
-        step("writing the root disk (mkfs.ext4 -d)")
-        fs_uuid = str(uuid_mod.uuid4())
-        cmdline = f"{cmdline_base} root=UUID={fs_uuid} rw"
-        rootfs.make_ext4(
-            tmp / "root.raw",
-            staged,
-            size=disk_size(rootfs.tree_size(staged.root)),
-            label=Label.ROOT,
-            uuid=fs_uuid,
-        )
-        if is_foreign:
-            step(f"installing the packages in the {deb_arch} guest (emulated: minutes)")
-            foreign.run(
-                tmp / "root.raw",
-                arch=arch,
-                kernel=out / "kernel",
-                initrd=out / "initrd.img",
-                cmdline=cmdline,
-                work=tmp,
-                console=console_log,
-            )
-            dpkg_status = ext4_read.read_file(tmp / "root.raw", "/var/lib/dpkg/status") or b""
-            # the .deb files the guest installed and deleted still fill their blocks
-            ext4.compact(tmp / "root.raw", tmp / "compact.raw")
-            (tmp / "compact.raw").rename(tmp / "root.raw")
-        else:
-            dpkg_status = (staged.root / "var/lib/dpkg/status").read_bytes()
-        qemu_img.convert(tmp / "root.raw", out / "root.qcow2", src_format="raw")
-        (tmp / "root.raw").unlink()
-        # What `guest-packages` needs to resolve packages against this base (vmwu.pack.layer):
-        # what is installed, where it came from, and the keys that sign it.
-        (out / "dpkg-status").write_bytes(dpkg_status)
-        shutil.copyfile(staged.root / "etc/apt/sources.list", out / "sources.list")
-        shutil.copytree(staged.root / "etc/apt/trusted.gpg.d", out / "trusted.gpg.d")
-        (out / "autorun.sh").write_bytes(guest.read(guest.DEFAULT_TEMPLATE))
-        info = {
-            "distribution": "debian",
-            "release": release,
-            "architecture": deb_arch,
-            "mirror": mirror or mmdebstrap.DEFAULT_MIRROR,
-            "packages": list(wanted),
-            "kernel": version,
-            "root_uuid": fs_uuid,
-        }
-        (out / "debian.json").write_text(json.dumps(info, indent=1) + "\n")
+        root = _write_root_disk(plan, staged, tmp, out, console_log, step)
+        _write_package_info(plan, staged, out, root, version)
         if base_dir.exists():
             shutil.rmtree(base_dir)
         out.rename(base_dir)
-    if is_foreign:
+    if plan.foreign:
         console_log.rename(base_dir / "second-stage-console.log")
+    step("registering the base")
+    return catalog.add(_base(plan, base_dir, version, root.cmdline), replace=replace)
 
-    shown = f", with {', '.join(extra)}" if extra else ""
-    base = direct_kernel_base(
-        name=name,
-        description=f"Debian {release} {deb_arch} (systemd, vmwu agent) on kernel {version}{shown}",
+
+def _stage_tree(plan: _Plan, tmp: Path, step: Step) -> tuple[rootfs.Staged, Path, str]:
+    """Bootstrap the tree, unpack it under ``tmp`` and add vmwu's side; the staged tree,
+    its kernel and the kernel's version."""
+    how = " (packages unpacked only: installed in the guest next)" if plan.foreign else ""
+    step(f"bootstrapping Debian {plan.release} ({plan.deb_arch}) with mmdebstrap{how}")
+    mmdebstrap.bootstrap(plan.bootstrap, tmp / "rootfs.tar")
+    step("unpacking the root file system")
+    staged = rootfs.extract(tmp / "rootfs.tar", tmp / "root")
+    (tmp / "rootfs.tar").unlink()
+    kernel, version = find_kernel(staged.root)
+    install_guest_side(staged, plan.console)
+    if plan.foreign:
+        foreign.add_script(staged)
+    return staged, kernel, version
+
+
+@dataclass(frozen=True)
+class _RootDisk:
+    cmdline: str  # the kernel command line that mounts it
+    uuid: str  # its file system's UUID
+    dpkg_status: bytes  # what is installed on it
+
+
+def _write_root_disk(
+    plan: _Plan, staged: rootfs.Staged, tmp: Path, out: Path, console_log: Path, step: Step
+) -> _RootDisk:
+    """``out/root.qcow2`` from the staged tree (for a foreign architecture, after the
+    second stage has installed the packages in an emulated guest)."""
+    step("writing the root disk (mkfs.ext4 -d)")
+    fs_uuid = str(uuid_mod.uuid4())
+    cmdline = f"{plan.profile.cmdline} root=UUID={fs_uuid} rw"
+    raw = tmp / "root.raw"
+    size = disk_size(rootfs.tree_size(staged.root))
+    rootfs.make_ext4(raw, staged, size=size, label=Label.ROOT, uuid=fs_uuid)
+    if plan.foreign:
+        step(f"installing the packages in the {plan.deb_arch} guest (emulated: minutes)")
+        foreign.run(
+            raw,
+            arch=plan.arch,
+            kernel=out / "kernel",
+            initrd=out / "initrd.img",
+            cmdline=cmdline,
+            work=tmp,
+            console=console_log,
+        )
+        dpkg_status = ext4_read.read_file(raw, "/var/lib/dpkg/status") or b""
+        # the .deb files the guest installed and deleted still fill their blocks
+        ext4.compact(raw, tmp / "compact.raw")
+        (tmp / "compact.raw").rename(raw)
+    else:
+        dpkg_status = (staged.root / "var/lib/dpkg/status").read_bytes()
+    qemu_img.convert(raw, out / "root.qcow2", src_format="raw")
+    raw.unlink()
+    return _RootDisk(cmdline, fs_uuid, dpkg_status)
+
+
+def _write_package_info(
+    plan: _Plan, staged: rootfs.Staged, out: Path, root: _RootDisk, version: str
+) -> None:
+    """What ``guest-packages`` needs to resolve packages against this base
+    (vmwu.pack.layer): what is installed, where it came from, the keys that sign it."""
+    (out / "dpkg-status").write_bytes(root.dpkg_status)
+    shutil.copyfile(staged.root / "etc/apt/sources.list", out / "sources.list")
+    shutil.copytree(staged.root / "etc/apt/trusted.gpg.d", out / "trusted.gpg.d")
+    (out / "autorun.sh").write_bytes(guest.read(guest.DEFAULT_TEMPLATE))
+    info = {
+        "distribution": "debian",
+        "release": plan.release,
+        "architecture": plan.deb_arch,
+        "mirror": plan.mirror or mmdebstrap.DEFAULT_MIRROR,
+        "packages": list(plan.bootstrap.packages),
+        "kernel": version,
+        "root_uuid": root.uuid,
+    }
+    (out / "debian.json").write_text(json.dumps(info, indent=1) + "\n")
+
+
+def _base(plan: _Plan, base_dir: Path, version: str, cmdline: str) -> BaseImage:
+    """The catalog entry of the three files in ``base_dir``."""
+    shown = f", with {', '.join(plan.extra)}" if plan.extra else ""
+    what = f"Debian {plan.release} {plan.deb_arch} (systemd, vmwu agent)"
+    return direct_kernel_base(
+        name=plan.name,
+        description=f"{what} on kernel {version}{shown}",
         base_dir=base_dir,
         files=[
-            (FileRole.KERNEL, "kernel", prof.kernel_format),
+            (FileRole.KERNEL, "kernel", plan.profile.kernel_format),
             (FileRole.INITRD, "initrd.img", "cpio"),
             (FileRole.BASE_DISK, "root.qcow2", "qcow2"),
         ],
-        architecture=arch,
+        architecture=plan.arch,
         kernel_version=version,
         cmdline=cmdline,
     )
-    step("registering the base")
-    return catalog.add(base, replace=replace)

@@ -31,11 +31,11 @@ from pathlib import Path
 from vmwu import guest, paths, tools
 from vmwu.arch import canonical_arch, parse_os
 from vmwu.bases.catalog import BaseFile, BaseImage, Catalog, base_identity
+from vmwu.digest import file_sha256
 from vmwu.errors import BadInput
 from vmwu.images import inspect, qemu_img
 from vmwu.run.cloudinit import NO_AGENT
 from vmwu.unit.model import BootMethod, FileRole
-from vmwu.unit.ova import file_sha256
 
 Step = Callable[[str], None]
 

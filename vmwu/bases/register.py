@@ -8,11 +8,11 @@ from pathlib import Path
 
 from vmwu.arch import canonical_arch
 from vmwu.bases.catalog import BaseFile, BaseImage, Catalog, base_identity
+from vmwu.digest import file_sha256
 from vmwu.errors import BadInput
 from vmwu.guest.protocol import AGENT_VERSION
 from vmwu.images import inspect
 from vmwu.unit.model import BootMethod, FileRole
-from vmwu.unit.ova import file_sha256
 
 
 def add_base(

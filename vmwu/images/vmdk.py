@@ -50,11 +50,9 @@ def pin_cid(path: Path) -> str:
                 raise ValueError(f"{path}: no room for the VMDK descriptor")  # a bug
             return new.ljust(area_end - start, b"\0")
 
-        digest = hashlib.sha256()
-        digest.update(head[:start] + with_cid("00000000") + head[area_end:])
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-        cid = digest.hexdigest()[:8]
+        # the head as it would be with a zero CID, then the rest of the file as it is
+        digest = hashlib.sha256(head[:start] + with_cid("00000000") + head[area_end:])
+        cid = hashlib.file_digest(fh, lambda: digest).hexdigest()[:8]
         fh.seek(start)
         fh.write(with_cid(cid))
     return cid

@@ -25,13 +25,15 @@ from pathlib import Path
 from vmwu import __version__, guest, tools
 from vmwu.arch import canonical_arch, parse_os
 from vmwu.bases.catalog import BaseImage, Catalog, choose_base
+from vmwu.digest import file_sha256
 from vmwu.errors import BadInput, BaseNotFound, SpecError, ToolNotFound
 from vmwu.guest.protocol import AGENT_VERSION, Label
 from vmwu.images import ext4, inspect, qemu_img
 from vmwu.pack.spec import Spec
 from vmwu.pack.template import render
+from vmwu.unit.archive import write_ova
+from vmwu.unit.descriptor import default_href
 from vmwu.unit.model import BaseRef, BootMethod, FileRole, GuestLayout, UnitDescriptor, UnitFile
-from vmwu.unit.ova import default_href, file_sha256, write_ova
 
 log = logging.getLogger(__name__)
 
@@ -132,13 +134,13 @@ def token_values(spec: Spec, base: BaseImage) -> dict[str, str]:
         "CDROM_FILESYSTEM_FORMAT": "iso9660",
         "INPUT_MOUNT_DEVICE": spec.base_image_input_mount_device
         or base.input_device
-        or "LABEL=VMWU-APP",
+        or f"LABEL={Label.APP}",
         "OUTPUT_MOUNT_DEVICE": spec.base_image_output_mount_device
         or base.output_device
-        or "LABEL=VMWU-OUT",
+        or f"LABEL={Label.OUTPUT}",
         "CDROM_MOUNT_DEVICE": spec.base_image_cdrom_mount_device
         or base.cdrom_device
-        or "LABEL=VMWU-INST",
+        or f"LABEL={Label.INSTANCE}",
         "LAUNCHING_COMMAND": spec.app_launch,
         "INSTANCE_COMMAND": spec.instance_script_cmd,
         "INSTANCE_POST_COMMAND": spec.instance_post_script_cmd,
@@ -277,120 +279,175 @@ def pack(
     name = spec.package_name
     fstype = spec.base_image_filesystem or base.filesystem or "ext4"
     _check_sizes(spec, fstype)
-    # the base's disk is an image from outside like any other: inspected before use
-    capacities = {
+    capacities = _base_capacities(base)
+    with _work_dir(out_path) as tmp_str:
+        tmp = Path(tmp_str)
+        disks = _build_disks(spec, script, tmp, fstype=fstype, epoch=epoch, step=step)
+        members: dict[str, Path] = {}
+        files = _base_files(base, name, embed, capacities, members)
+        files += _unit_disk_files(spec, disks, tmp, fstype, members)
+        if spec.guest_packages:  # issue 6: a layer over the base disk (vmwu/pack/layer.py)
+            layer = _guest_layer(spec, base, name, members, step, capacities)
+            if layer is not None:
+                files.append(layer)
+        desc = _descriptor(spec, base, files)
+        step(f"writing {out_path.name}")
+        write_ova(out_path, desc, members, mtime=epoch, progress=progress)
+    return PackResult(out_path, desc, disks.app_bytes, base)
+
+
+def _base_capacities(base: BaseImage) -> dict[str, int]:
+    """sha256 -> capacity of the base's disks: an image from outside like any other,
+    inspected before use."""
+    return {
         bf.sha256: _capacity(bf.path, bf.format, f"disk {bf.path} of base '{base.name}'")
         for bf in base.files
         if bf.role == FileRole.BASE_DISK
     }
+
+
+def _work_dir(out_path: Path) -> tempfile.TemporaryDirectory[str]:
+    """A scratch directory beside the unit to write (so the last rename stays on one file
+    system); a bad ``-o`` is the user's error, said in one line."""
     if out_path.is_dir():
         raise BadInput(f"cannot write the unit {out_path}: it is a directory", hint="pass -o FILE")
     try:
-        workdir = tempfile.TemporaryDirectory(prefix="vmwu-pack-", dir=out_path.parent)
+        return tempfile.TemporaryDirectory(prefix="vmwu-pack-", dir=out_path.parent)
     except OSError as exc:  # -o in a missing or read-only directory: bad input, not a bug
         raise BadInput(
             f"cannot write the unit {out_path}: {out_path.parent}: {exc.strerror}",
             hint="pass -o PATH in an existing, writable directory",
         ) from exc
-    with workdir as tmp_str:
-        tmp = Path(tmp_str)
-        step("staging the application")
-        stage = tmp / "app"
-        stage_app(spec, script, stage)
-        app_bytes, _inodes = ext4.content_size(stage)
-        step("building the application disk")
-        app_raw = tmp / "app.raw"
-        app_size = ext4.image_size_for(stage, spec.app_buffer)
-        ext4.check_size(app_size, fstype, f"the application disk ({spec.app_import_dir})")
-        ext4.make_image(app_raw, app_size, label=Label.APP, src=stage, fstype=fstype, epoch=epoch)
-        dfmt = spec.disk_format
-        app_href = default_href(name, FileRole.APP_DISK, dfmt)
-        _disk(app_raw, tmp / app_href, compress=spec.compress, fmt=dfmt)
-        step("building the output disk")
-        out_raw = tmp / "out.raw"
-        # whole file-system blocks: a disk image's capacity is a multiple of 512 bytes
-        # (qcow2, vmdk), and the unit must declare exactly the capacity its image has
-        out_size = -(-spec.app_output_size // 4096) * 4096
-        ext4.make_image(out_raw, out_size, label=Label.OUTPUT, fstype=fstype, epoch=epoch)
-        out_href = default_href(name, FileRole.OUTPUT_DISK, dfmt)
-        _disk(out_raw, tmp / out_href, compress=spec.compress, fmt=dfmt)
 
-        members: dict[str, Path] = {}
-        files: list[UnitFile] = []
-        for bf in base.files:
-            role = FileRole(bf.role)
-            href = default_href(name, role, bf.format) if embed else bf.path.name
-            if embed:
-                if not bf.path.is_file():
-                    raise BaseNotFound(f"file {bf.path} of base '{base.name}' is missing")
-                members[href] = bf.path
-            files.append(
-                UnitFile(
-                    id=role.value,
-                    href=href,
-                    role=role,
-                    sha256=bf.sha256,
-                    size=bf.size,
-                    embedded=embed,
-                    format=bf.format,
-                    capacity=capacities.get(bf.sha256) if role == FileRole.BASE_DISK else None,
-                )
+
+@dataclass(frozen=True)
+class _UnitDisks:
+    """The application and output disks built in the scratch directory."""
+
+    app_href: str
+    app_capacity: int
+    app_bytes: int  # the staged application's content size
+    out_href: str
+    out_capacity: int  # the output size rounded up to whole 4 KiB blocks
+
+
+def _build_disks(
+    spec: Spec, script: str, tmp: Path, *, fstype: str, epoch: int, step: Step
+) -> _UnitDisks:
+    """Stage the application, then make the application and output disks under ``tmp``."""
+    name, dfmt = spec.package_name, spec.disk_format
+    step("staging the application")
+    stage = tmp / "app"
+    stage_app(spec, script, stage)
+    app_bytes, _inodes = ext4.content_size(stage)
+    step("building the application disk")
+    app_raw = tmp / "app.raw"
+    app_size = ext4.image_size_for(stage, spec.app_buffer)
+    ext4.check_size(app_size, fstype, f"the application disk ({spec.app_import_dir})")
+    ext4.make_image(app_raw, app_size, label=Label.APP, src=stage, fstype=fstype, epoch=epoch)
+    app_href = default_href(name, FileRole.APP_DISK, dfmt)
+    _disk(app_raw, tmp / app_href, compress=spec.compress, fmt=dfmt)
+    step("building the output disk")
+    out_raw = tmp / "out.raw"
+    # whole file-system blocks: a disk image's capacity is a multiple of 512 bytes
+    # (qcow2, vmdk), and the unit must declare exactly the capacity its image has
+    out_size = -(-spec.app_output_size // 4096) * 4096
+    ext4.make_image(out_raw, out_size, label=Label.OUTPUT, fstype=fstype, epoch=epoch)
+    out_href = default_href(name, FileRole.OUTPUT_DISK, dfmt)
+    _disk(out_raw, tmp / out_href, compress=spec.compress, fmt=dfmt)
+    return _UnitDisks(app_href, app_size, app_bytes, out_href, out_size)
+
+
+def _base_files(
+    base: BaseImage,
+    name: str,
+    embed: bool,
+    capacities: dict[str, int],
+    members: dict[str, Path],
+) -> list[UnitFile]:
+    """The base's files as unit files: embedded (added to ``members``) or referenced."""
+    files: list[UnitFile] = []
+    for bf in base.files:
+        role = FileRole(bf.role)
+        href = default_href(name, role, bf.format) if embed else bf.path.name
+        if embed:
+            if not bf.path.is_file():
+                raise BaseNotFound(f"file {bf.path} of base '{base.name}' is missing")
+            members[href] = bf.path
+        files.append(
+            UnitFile(
+                id=role.value,
+                href=href,
+                role=role,
+                sha256=bf.sha256,
+                size=bf.size,
+                embedded=embed,
+                format=bf.format,
+                capacity=capacities.get(bf.sha256) if role == FileRole.BASE_DISK else None,
             )
-        for href, role, capacity, label in (
-            (app_href, FileRole.APP_DISK, app_size, Label.APP),
-            (out_href, FileRole.OUTPUT_DISK, out_size, Label.OUTPUT),
-        ):
-            sha, size = file_sha256(tmp / href)
-            members[href] = tmp / href
-            files.append(
-                UnitFile(
-                    id=role.value,
-                    href=href,
-                    role=role,
-                    sha256=sha,
-                    size=size,
-                    embedded=True,
-                    format=dfmt,
-                    capacity=capacity,
-                    label=label,
-                    filesystem=fstype,
-                )
-            )
-        if spec.guest_packages:  # issue 6: a layer over the base disk (vmwu/layer.py)
-            layer = _guest_layer(spec, base, name, members, step, capacities)
-            if layer is not None:
-                files.append(layer)
-        desc = UnitDescriptor(
-            name=name,
-            base=BaseRef(
-                name=base.name,
-                sha256=base.sha256,
-                architecture=base.architecture,
-                guest_os=base.guest_os,
-                boot_method=BootMethod(base.boot_method),
-                cmdline=base.cmdline,
-                agent_version=base.agent_version or str(AGENT_VERSION),
-                cdrom_as_hard_disk=base.cdrom_as_hard_disk
-                if spec.cdrom_as_hard_disk is None
-                else spec.cdrom_as_hard_disk,
-            ),
-            files=tuple(files),
-            memory_mib=spec.vmm_memory,
-            cpus=spec.vmm_cpus,
-            description=spec.description,
-            app_launch=spec.app_launch,
-            layout=GuestLayout(
-                app_dir=spec.app_dir,
-                output_dir=spec.app_output_dir,
-                cdrom_dir=spec.app_cdrom_dir,
-                script_name=spec.script_name,
-            ),
-            timeout=spec.timeout,
-            vmwu_version=__version__,
         )
-        step(f"writing {out_path.name}")
-        write_ova(out_path, desc, members, mtime=epoch, progress=progress)
-    return PackResult(out_path, desc, app_bytes, base)
+    return files
+
+
+def _unit_disk_files(
+    spec: Spec, disks: _UnitDisks, tmp: Path, fstype: str, members: dict[str, Path]
+) -> list[UnitFile]:
+    """The application and output disks as embedded unit files (added to ``members``)."""
+    files: list[UnitFile] = []
+    for href, role, capacity, label in (
+        (disks.app_href, FileRole.APP_DISK, disks.app_capacity, Label.APP),
+        (disks.out_href, FileRole.OUTPUT_DISK, disks.out_capacity, Label.OUTPUT),
+    ):
+        sha, size = file_sha256(tmp / href)
+        members[href] = tmp / href
+        files.append(
+            UnitFile(
+                id=role.value,
+                href=href,
+                role=role,
+                sha256=sha,
+                size=size,
+                embedded=True,
+                format=spec.disk_format,
+                capacity=capacity,
+                label=label,
+                filesystem=fstype,
+            )
+        )
+    return files
+
+
+def _descriptor(spec: Spec, base: BaseImage, files: list[UnitFile]) -> UnitDescriptor:
+    """The unit's descriptor: the base it boots, its files, and the spec's settings."""
+    cdrom_as_hard_disk = (
+        base.cdrom_as_hard_disk if spec.cdrom_as_hard_disk is None else spec.cdrom_as_hard_disk
+    )
+    return UnitDescriptor(
+        name=spec.package_name,
+        base=BaseRef(
+            name=base.name,
+            sha256=base.sha256,
+            architecture=base.architecture,
+            guest_os=base.guest_os,
+            boot_method=BootMethod(base.boot_method),
+            cmdline=base.cmdline,
+            agent_version=base.agent_version or str(AGENT_VERSION),
+            cdrom_as_hard_disk=cdrom_as_hard_disk,
+        ),
+        files=tuple(files),
+        memory_mib=spec.vmm_memory,
+        cpus=spec.vmm_cpus,
+        description=spec.description,
+        app_launch=spec.app_launch,
+        layout=GuestLayout(
+            app_dir=spec.app_dir,
+            output_dir=spec.app_output_dir,
+            cdrom_dir=spec.app_cdrom_dir,
+            script_name=spec.script_name,
+        ),
+        timeout=spec.timeout,
+        vmwu_version=__version__,
+    )
 
 
 def _guest_layer(

@@ -10,7 +10,7 @@ option's origin (``spec.origin("app-import-dir")``) when one is missing.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
@@ -201,20 +201,37 @@ def load_spec(
             hint = 'name the unit, e.g. package-name="mandel"'
             raise SpecError(raw.origin, "package-name is empty", hint=hint)
     r = resolve(OPTIONS, file_values, overrides)
+    anchors = _anchors(r, file_path.parent if file_path else cwd, cwd)
+    paths = {name: _path(r, name, anchors) for name in _PATH_FIELDS}
+    if paths["app-import-dir"] is None:
+        _missing(r, "app-import-dir", file_path, 'e.g. app-import-dir="./app"')
+    spec = _spec(r, file_path, anchors, paths)
+    validate_spec(spec)
+    return spec
 
-    file_dir = file_path.parent if file_path else cwd
+
+def _anchors(r: Resolved, file_dir: Path, cwd: Path) -> dict[str, Path]:
+    """Option -> the directory its relative path is relative to: the spec file's for the
+    file's values, ``cwd`` for the command line's, ``current-directory`` when it is set."""
     anchors = {name: cwd if name in r.from_cli else file_dir for name in r.values}
     current = _path(r, "current-directory", anchors)
     if current:  # every other relative path is relative to it
         anchors = {
             name: anchors[name] if name == "current-directory" else current for name in anchors
         }
-    paths = {name: _path(r, name, anchors) for name in _PATH_FIELDS}
-    app_import_dir = paths["app-import-dir"]
-    if app_import_dir is None:
-        _missing(r, "app-import-dir", file_path, 'e.g. app-import-dir="./app"')
+    return anchors
 
-    spec = Spec(
+
+def _spec(
+    r: Resolved,
+    file_path: Path | None,
+    anchors: dict[str, Path],
+    paths: Mapping[str, Path | None],
+) -> Spec:
+    """The :class:`Spec` of resolved values (not validated yet)."""
+    app_import_dir = paths["app-import-dir"]
+    assert app_import_dir is not None  # load_spec said it was missing
+    return Spec(
         package_name=_package_name(r, file_path),
         app_import_dir=app_import_dir,
         input_import_dir=paths["input-import-dir"],
@@ -236,7 +253,7 @@ def load_spec(
         base_image_cdrom_mount_device=r.optional("base-image-cdrom-mount-device", str),
         cdrom_as_hard_disk=r.optional("cdrom-as-hard-disk", bool),
         compress=r.get("compress", bool),
-        current_directory=current,
+        current_directory=_path(r, "current-directory", anchors),
         edit_script=r.get("edit-script", bool),
         edit_vm=r.get("edit-vm", bool),
         embed_base=r.get("embed-base", bool),
@@ -261,8 +278,6 @@ def load_spec(
         origins=MappingProxyType(dict(r.origins)),
         anchors=MappingProxyType(anchors),
     )
-    validate_spec(spec)
-    return spec
 
 
 def _config_path(path: Path | None, overrides: Sequence[RawValue]) -> Path | None:
@@ -332,6 +347,9 @@ DISK_FORMATS = ("qcow2", "vmdk")
 _PACKAGE = re.compile(r"[a-z0-9][a-z0-9.+-]+(:[a-z0-9]+)?(=[A-Za-z0-9.+~:-]+)?")
 
 
+_Fail = Callable[..., NoReturn]  # fail(option, message, hint=None)
+
+
 def validate_spec(spec: Spec) -> None:
     """Raise :class:`SpecError` naming the option's origin for the first invalid value."""
 
@@ -341,7 +359,13 @@ def validate_spec(spec: Spec) -> None:
     for option in OPTIONS:  # also caught while reading; here for hand-made specs
         if option.unsupported and getattr(spec, option.name.replace("-", "_"), None):
             fail(option.name, f"option {option.name} is not supported: {option.unsupported}")
+    _check_launch_and_name(spec, fail)
+    _check_numbers(spec, fail)
+    _check_guest_dirs(spec, fail)
+    _check_choices(spec, fail)
 
+
+def _check_launch_and_name(spec: Spec, fail: _Fail) -> None:
     if not spec.app_launch.strip():
         empty = "is empty" if spec.origin("app-launch") != "default" else "is required"
         fail(
@@ -355,6 +379,10 @@ def validate_spec(spec: Spec) -> None:
             f"package-name {spec.package_name!r} is not a safe file name",
             "use letters, digits, '.', '_' and '-', not starting with '.'",
         )
+
+
+def _check_numbers(spec: Spec, fail: _Fail) -> None:
+    """Disk sizes, memory, CPUs and the timeout."""
     if spec.app_output_size < MiB:
         fail("app-output-size", f"app-output-size must be at least 1M, got {spec.app_output_size}")
     for name, size in (("app-output-size", spec.app_output_size), ("app-buffer", spec.app_buffer)):
@@ -371,6 +399,10 @@ def validate_spec(spec: Spec) -> None:
             fail(name, f"{name} must be at least 1, got {number}")
     if spec.timeout is not None and spec.timeout <= 0:
         fail("timeout", f"timeout must be more than 0 seconds, got {spec.timeout:g}")
+
+
+def _check_guest_dirs(spec: Spec, fail: _Fail) -> None:
+    """The guest's mount points and working directory: absolute, usable, distinct."""
     mounts = {
         "app-dir": spec.app_dir,
         "app-output-dir": spec.app_output_dir,
@@ -392,6 +424,10 @@ def validate_spec(spec: Spec) -> None:
             f"{name} {mounts[name]!r} cannot be a mount point",
             "app-dir, app-output-dir and app-cdrom-dir must be distinct, and not /",
         )
+
+
+def _check_choices(spec: Spec, fail: _Fail) -> None:
+    """The script's name, and the options that name one of a few choices."""
     if spec.script_name in ("", ".", "..") or any(c in spec.script_name for c in "/\0\n"):
         fail("script-name", f"script-name must be a plain file name, got {spec.script_name!r}")
     if spec.base_image_filesystem and spec.base_image_filesystem not in FILESYSTEMS:

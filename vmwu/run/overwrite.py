@@ -8,10 +8,11 @@ import tempfile
 from pathlib import Path
 
 from vmwu.cache import NodeCache
+from vmwu.digest import file_sha256
 from vmwu.errors import UnitError
 from vmwu.images import qemu_img
+from vmwu.unit.archive import write_ova
 from vmwu.unit.model import FileRole, UnitDescriptor
-from vmwu.unit.ova import file_sha256, write_ova
 
 
 def overwrite_unit(

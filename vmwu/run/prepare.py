@@ -28,7 +28,7 @@ from vmwu.run.instance_files import cdrom_entries, file_destinations
 from vmwu.run.params import param_entries
 from vmwu.run.resolve import ResolvedDisks, resolve_files
 from vmwu.unit.model import BootMethod, UnitDescriptor
-from vmwu.unit.ova import OvaReader
+from vmwu.unit.reader import OvaReader
 from vmwu.vmm import accel as accel_mod
 from vmwu.vmm import warm
 from vmwu.vmm.qemu import (

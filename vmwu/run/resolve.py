@@ -25,7 +25,7 @@ from vmwu.cache import Filler, NodeCache
 from vmwu.errors import BadInput, BaseNotFound
 from vmwu.images import inspect
 from vmwu.unit.model import FileRole, UnitDescriptor, UnitFile
-from vmwu.unit.ova import OvaReader
+from vmwu.unit.reader import OvaReader
 from vmwu.vmm.kernel import boot_kernel
 
 if TYPE_CHECKING:

@@ -316,12 +316,14 @@ def cmd_cancel(argv: list[str]) -> int:
 
 
 def cmd_report(argv: list[str]) -> int:
+    from vmwu.extras import require
     from vmwu.sweep.journal import Journal
     from vmwu.sweep.report import draw_timeline
 
     p = _dir_parser("report")
     p.add_argument("-o", "--output", help="PNG file (default DIR/timeline.png)")
     ns = p.parse_args(argv)
+    require("report", "vmwu sweep report")
     results = Path(ns.results).absolute()
     journal = Journal.open(results, readonly=True)
     out = Path(ns.output) if ns.output else results / "timeline.png"

@@ -11,7 +11,7 @@ from vmwu.hostfs import Report, SafeDir
 from vmwu.images import ext4_read, inspect, qemu_img
 from vmwu.sizes import format_size
 from vmwu.unit.model import FileRole
-from vmwu.unit.ova import OvaReader
+from vmwu.unit.reader import OvaReader
 
 
 def _is_ova(path: Path) -> bool:

@@ -1,6 +1,7 @@
 """The work-unit descriptor: what a ``.ova`` says about itself.
 
-This is the in-memory form of the OVF descriptor (``vmwu.unit.ova`` renders and parses it).
+This is the in-memory form of the OVF descriptor (``vmwu.unit.ovf_render`` writes it,
+``vmwu.unit.ovf_parse`` reads it).
 ``pack`` builds one, ``run``/``inspect``/``extract`` read one. Files are either embedded in
 the ``.ova`` (listed in its manifest) or *referenced*: resolved on the node by sha256 from the
 node cache or the base catalog, so a sweep ships a big base once per node, not once per job.

@@ -8,8 +8,9 @@
       <task> ... </task>                  run in sequence; a <virtualmachine> runs it in a VM
     </job_desc>
 
-Parsed with expat, which gives line numbers for every error; a document type declaration
-(and with it every entity definition) is refused, so nothing can expand or be fetched.
+Parsed through :mod:`vmwu.xmlsafe` (defusedxml's expat reader), which gives line numbers for
+every error; a document type declaration (and with it every entity definition) is refused,
+so nothing can expand or be fetched.
 Macros ($PROJECT_DIR, $PWD, $NTHREADS) are substituted later, by :func:`expand`, when the
 wrapper knows their values.
 """
@@ -21,13 +22,13 @@ import difflib
 import re
 import shlex
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Any, NoReturn
-from xml.parsers import expat
 
 from vmwu.errors import BadInput, SpecError
+from vmwu.xmlsafe import Node, XmlMalformed, XmlRefused, parse_nodes
 
 MAX_BYTES = 1024 * 1024
 
@@ -202,69 +203,19 @@ HOST_ONLY = ("checkpoint_filename", "fraction_done_filename", "exec_dir", "daemo
 VM_ONLY = ("image", "copy_app_to_VM", "copy_file_to_VM", "copy_file_from_VM")
 
 
-# -- a minimal element tree with line numbers ------------------------------------------------
+# -- the element tree, with line numbers ----------------------------------------------------
 
 
-@dataclass
-class _Node:
-    tag: str
-    line: int
-    attrs: dict[str, str]
-    children: list[_Node] = field(default_factory=list)
-    text: list[str] = field(default_factory=list)
-    text_line: int = 0
-
-
-class _Refused(Exception):
-    def __init__(self, line: int, message: str) -> None:
-        super().__init__(message)
-        self.line = line
-
-
-def _tree(data: bytes, source: str) -> _Node:
-    parser = expat.ParserCreate()
-    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
-    stack: list[_Node] = []
-    root: list[_Node] = []
-
-    def start(tag: str, attrs: dict[str, str]) -> None:
-        node = _Node(tag, parser.CurrentLineNumber, attrs)
-        if stack:
-            stack[-1].children.append(node)
-        else:
-            root.append(node)
-        stack.append(node)
-
-    def end(tag: str) -> None:
-        stack.pop()
-
-    def chars(text: str) -> None:
-        if stack:
-            node = stack[-1]
-            if text.strip() and not node.text_line:
-                node.text_line = parser.CurrentLineNumber
-            node.text.append(text)
-
-    def refuse(*_: object) -> None:
-        raise _Refused(
-            parser.CurrentLineNumber,
-            "document type declarations and entities are not allowed in a job file",
-        )
-
-    parser.StartElementHandler = start
-    parser.EndElementHandler = end
-    parser.CharacterDataHandler = chars
-    parser.StartDoctypeDeclHandler = refuse
-    parser.EntityDeclHandler = refuse
-    parser.ExternalEntityRefHandler = refuse  # type: ignore[assignment]
+def _tree(data: bytes, source: str) -> Node:
     try:
-        parser.Parse(data, True)
-    except _Refused as exc:
-        raise SpecError(f"{source}:{exc.line}", str(exc)) from None
-    except expat.ExpatError as exc:
-        message = expat.errors.messages[exc.code] if exc.code else str(exc)
-        raise SpecError(f"{source}:{exc.lineno}", f"not well-formed XML: {message}") from None
-    return root[0]
+        return parse_nodes(data)
+    except XmlRefused as exc:
+        raise SpecError(
+            f"{source}:{exc.line}",
+            "document type declarations and entities are not allowed in a job file",
+        ) from None
+    except XmlMalformed as exc:
+        raise SpecError(f"{source}:{exc.line}", f"not well-formed XML: {exc.reason}") from None
 
 
 # -- parsing -------------------------------------------------------------------------------
@@ -274,25 +225,25 @@ def _fail(source: str, line: int, message: str, hint: str | None = None) -> NoRe
     raise SpecError(f"{source}:{line}", message, hint=hint)
 
 
-def _unknown(source: str, node: _Node, known: list[str], parent: str) -> NoReturn:
+def _unknown(source: str, node: Node, known: list[str], parent: str) -> NoReturn:
     close = difflib.get_close_matches(node.tag, known, n=1)
     hint = f"did you mean <{close[0]}>?" if close else f"expected one of <{'>, <'.join(known)}>"
     _fail(source, node.line, f"unknown tag <{node.tag}> in <{parent}>", hint)
 
 
-def _no_attrs(source: str, node: _Node) -> None:
+def _no_attrs(source: str, node: Node) -> None:
     if node.attrs:
         name = next(iter(node.attrs))
         _fail(source, node.line, f"<{node.tag}> takes no attributes (got {name}=...)")
 
 
-def _stray_text(source: str, node: _Node) -> None:
+def _stray_text(source: str, node: Node) -> None:
     if node.text_line:
         text = "".join(node.text).strip()
         _fail(source, node.text_line, f"unexpected text {text[:30]!r} in <{node.tag}>")
 
 
-def _task(source: str, node: _Node, kind: TaskKind) -> TaskSpec:
+def _task(source: str, node: Node, kind: TaskKind) -> TaskSpec:
     _no_attrs(source, node)
     _stray_text(source, node)
     values: dict[str, Any] = {}

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from vmwu import tools
-from vmwu.errors import BadInput, HostFailure
+from vmwu.errors import HostFailure
+from vmwu.extras import require
 from vmwu.sweep.executors import Context, Executor, Observed, Phase, Submission
 from vmwu.sweep.executors.local import find_exec_jobs, parse_handle
 from vmwu.sweep.layout import Layout
@@ -74,13 +75,7 @@ class DaskExecutor(Executor):
         self.futures: dict[str, Any] = {}
 
     def check(self) -> None:
-        try:
-            import distributed  # noqa: F401
-        except ImportError:
-            raise BadInput(
-                "the dask executor needs the 'distributed' package",
-                hint="pip install distributed (scripts/setup.sh installs it)",
-            ) from None
+        require("dask", "the dask executor")
         if self.address:  # a LocalCluster is started when the first job is submitted
             self._connect()
 

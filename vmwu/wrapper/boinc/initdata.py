@@ -2,10 +2,11 @@
 
 The client writes it into the slot directory before it starts the app (lib/app_ipc.cpp,
 ``write_init_data_file``). It comes from outside vmwu, so it is read as hostile-ish
-input: at most :data:`MAX_BYTES`, through defusedxml with document type declarations
-forbidden (so no entity can expand or be fetched), strings bounded, numbers finite, and
-every error one line naming the element. Tags vmwu does not use are skipped, as BOINC's
-own parser does; a value of the wrong type is an error, where BOINC would read it as 0.
+input: at most :data:`MAX_BYTES`, through :mod:`vmwu.xmlsafe` (defusedxml) with document
+type declarations forbidden (so no entity can expand or be fetched), strings bounded,
+numbers finite, and every error one line naming the element. Tags vmwu does not use are
+skipped, as BOINC's own parser does; a value of the wrong type is an error, where BOINC
+would read it as 0.
 """
 
 from __future__ import annotations
@@ -16,10 +17,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import defusedxml
-import defusedxml.ElementTree as DET
-
 from vmwu.errors import BadInput
+from vmwu.xmlsafe import XmlMalformed, XmlRefused, parse_element
 
 INIT_DATA_FILE = "init_data.xml"
 MAX_BYTES = 4 * 1024 * 1024
@@ -121,12 +120,11 @@ def parse_init_data(data: bytes, where: str = INIT_DATA_FILE) -> InitData:
     if len(data) > MAX_BYTES:
         raise BadInput(f"{where}: larger than {MAX_BYTES} bytes", hint="is it really BOINC's?")
     try:
-        root = DET.fromstring(data, forbid_dtd=True)
-    except defusedxml.DefusedXmlException as exc:
-        raise BadInput(f"{where}: refused: {exc}") from None
-    except ET.ParseError as exc:
-        line, col = exc.position
-        raise BadInput(f"{where}:{line}:{col}: not well-formed XML") from None
+        root = parse_element(data)
+    except XmlRefused as exc:
+        raise BadInput(f"{where}: refused: {exc.detail}") from None
+    except XmlMalformed as exc:
+        raise BadInput(f"{where}:{exc.line}:{exc.column}: not well-formed XML") from None
     if root.tag != "app_init_data":
         raise BadInput(f"{where}: the root element is <{root.tag}>, expected <app_init_data>")
     values = _values(root, InitData, where)

@@ -24,14 +24,15 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from vmwu.digest import copy_sha256
 from vmwu.errors import ExitCode, HostFailure, ToolNotFound, VmwuError
 from vmwu.wrapper.boinc.api import (
     EXIT_ABORTED_BY_CLIENT,
@@ -41,6 +42,9 @@ from vmwu.wrapper.boinc.api import (
     write_temporary_exit,
 )
 from vmwu.wrapper.boinc.control import BoincControl
+
+if TYPE_CHECKING:
+    from vmwu.wrapper.wrapper import WrapOptions
 
 # Seconds before the client tries again after a temporary exit.
 DELAY_MISSING_TOOL = 86400  # the volunteer has to install something: once a day
@@ -62,10 +66,6 @@ def _given(argv: Sequence[str], option: str) -> bool:
 
 def boinc_main(argv: Sequence[str]) -> int:
     """Run the job in the BOINC slot that is the working directory; the exit status."""
-    from vmwu.wrapper.cli import wrap_parser
-    from vmwu.wrapper.tasks_vm import VmSettings
-    from vmwu.wrapper.wrapper import WrapOptions, Wrapper
-
     slot = Path.cwd()
     try:
         session = BoincSession(slot)
@@ -77,6 +77,7 @@ def boinc_main(argv: Sequence[str]) -> int:
             f"vmwu wrap under BOINC client {init.client_version}: result {init.result_name}, "
             f"checkpoint every {init.checkpoint_period:g} s"
         )
+        controls: list[BoincControl] = []
         try:
             outputs = remember_outputs(slot, session.names.materialize()[1])
             # vmwu's node cache and catalog live in the project directory: shared by the
@@ -84,74 +85,105 @@ def boinc_main(argv: Sequence[str]) -> int:
             if init.project_dir:
                 os.environ.setdefault("VMWU_HOME", os.path.join(init.project_dir, "vmwu"))
             seed_base_files(slot, session)
-            argv = list(argv)
-            extra: list[str] = []
-            if "--" in argv:
-                cut = argv.index("--")
-                argv, extra = argv[:cut], argv[cut + 1 :]
-            args = wrap_parser().parse_args(argv)
-            job = Path(args.job) if args.job else slot / JOB_FILE
-            if not job.is_absolute():
-                job = slot / job
-            interval = args.checkpoint_interval
-            if not _given(argv, "--checkpoint-interval") and init.checkpoint_period > 0:
-                interval = init.checkpoint_period
-            nthreads = args.nthreads
-            if not _given(argv, "--nthreads") and init.ncpus >= 1:
-                nthreads = int(init.ncpus)
-            opts = WrapOptions(
-                job=job,
-                slot=slot,
-                project_dir=Path(args.project_dir or init.project_dir or slot).absolute(),
-                nthreads=nthreads,
-                checkpoint_interval=interval,
-                keep_checkpoints=args.keep_checkpoints,
-                status_file=Path(args.status_file) if args.status_file else None,
-                socket=Path(args.socket) if args.socket else None,
-                extra_args=tuple(extra),
-                vm=VmSettings(
-                    catalog=Path(args.catalog) if args.catalog else None,
-                    accel=args.accel,
-                    warm=not args.no_warm,
-                    boot_timeout=args.boot_timeout,
-                ),
-                fresh=False,
-                quiet=args.quiet,
-            )
-            if not job.is_file():
-                raise VmwuError(f"job file {job} is missing from the slot")
-            controls: list[BoincControl] = []
-
-            def control(path: Path) -> BoincControl:
-                controls.append(BoincControl(path, session))
-                return controls[-1]
-
-            code = Wrapper(opts, control_factory=control).run()
-            if code != int(ExitCode.INTERRUPTED):  # done, failed or aborted: no more runs
-                moved, missing = session.names.promote(outputs)
-                if moved:
-                    session.log(f"output(s) {', '.join(moved)} moved to the project's files")
-                if missing and code == 0:
-                    session.log(f"the job did not write its output(s) {', '.join(missing)}")
+            opts = _wrap_options(argv, slot, session)
+            code = _run_job(opts, session, outputs, controls)
         except (ToolNotFound, HostFailure) as exc:
             return session.temporary_exit(_delay(exc), str(exc), notice=True)
         except VmwuError as exc:
             session.log(f"vmwu wrap: error: {exc}")
             return session.finish(int(exc.exit_code), cpu_time=init.wu_cpu_time, message=str(exc))
         cpu = _last_cpu(controls[0]) if controls else init.wu_cpu_time
-        state = session.state
-        if state.abort_requested:
-            session.log("aborted by the client")
-            return EXIT_ABORTED_BY_CLIENT
-        if code == int(ExitCode.INTERRUPTED) and (state.quit_requested or state.client_gone):
-            why = "the client quit" if state.quit_requested else "the client is gone"
-            session.log(f"stopped ({why}); the client restarts the task from its checkpoint")
-            return 0
-        if code == int(ExitCode.INTERRUPTED):
-            # Stopped by a signal or `vmwu wrap ctl quit`, not by the client: come back soon.
-            return session.temporary_exit(60, "vmwu wrap was stopped on this host")
-        message = None if code == 0 else f"the job failed with exit code {code}"
-        return session.finish(code, cpu_time=cpu, message=message)
+        return _tell_client(session, code, cpu)
+
+
+def _wrap_options(argv: Sequence[str], slot: Path, session: BoincSession) -> WrapOptions:
+    """``vmwu wrap``'s options, with the client's settings where the command line gives
+    none: the job file in the slot, its checkpoint period, its number of CPUs."""
+    from vmwu.wrapper.cli import wrap_parser
+    from vmwu.wrapper.tasks_vm import VmSettings
+    from vmwu.wrapper.wrapper import WrapOptions
+
+    init = session.init
+    argv = list(argv)
+    extra: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1 :]
+    args = wrap_parser().parse_args(argv)
+    job = Path(args.job) if args.job else slot / JOB_FILE
+    if not job.is_absolute():
+        job = slot / job
+    interval = args.checkpoint_interval
+    if not _given(argv, "--checkpoint-interval") and init.checkpoint_period > 0:
+        interval = init.checkpoint_period
+    nthreads = args.nthreads
+    if not _given(argv, "--nthreads") and init.ncpus >= 1:
+        nthreads = int(init.ncpus)
+    opts = WrapOptions(
+        job=job,
+        slot=slot,
+        project_dir=Path(args.project_dir or init.project_dir or slot).absolute(),
+        nthreads=nthreads,
+        checkpoint_interval=interval,
+        keep_checkpoints=args.keep_checkpoints,
+        status_file=Path(args.status_file) if args.status_file else None,
+        socket=Path(args.socket) if args.socket else None,
+        extra_args=tuple(extra),
+        vm=VmSettings(
+            catalog=Path(args.catalog) if args.catalog else None,
+            accel=args.accel,
+            warm=not args.no_warm,
+            boot_timeout=args.boot_timeout,
+        ),
+        fresh=False,
+        quiet=args.quiet,
+    )
+    if not job.is_file():
+        raise VmwuError(f"job file {job} is missing from the slot")
+    return opts
+
+
+def _run_job(
+    opts: WrapOptions,
+    session: BoincSession,
+    outputs: dict[str, str],
+    controls: list[BoincControl],
+) -> int:
+    """Run the wrapper with the client as its control source (each control made is added
+    to ``controls``); once the job is over for good, move its outputs where the client
+    uploads them. The wrapper's exit status."""
+    from vmwu.wrapper.wrapper import Wrapper
+
+    def control(path: Path) -> BoincControl:
+        controls.append(BoincControl(path, session))
+        return controls[-1]
+
+    code = Wrapper(opts, control_factory=control).run()
+    if code != int(ExitCode.INTERRUPTED):  # done, failed or aborted: no more runs
+        moved, missing = session.names.promote(outputs)
+        if moved:
+            session.log(f"output(s) {', '.join(moved)} moved to the project's files")
+        if missing and code == 0:
+            session.log(f"the job did not write its output(s) {', '.join(missing)}")
+    return code
+
+
+def _tell_client(session: BoincSession, code: int, cpu: float) -> int:
+    """How the run ended, told the client's way: finished (uploaded or a computation
+    error), aborted, to be restarted from its checkpoint, or a temporary exit."""
+    state = session.state
+    if state.abort_requested:
+        session.log("aborted by the client")
+        return EXIT_ABORTED_BY_CLIENT
+    if code == int(ExitCode.INTERRUPTED) and (state.quit_requested or state.client_gone):
+        why = "the client quit" if state.quit_requested else "the client is gone"
+        session.log(f"stopped ({why}); the client restarts the task from its checkpoint")
+        return 0
+    if code == int(ExitCode.INTERRUPTED):
+        # Stopped by a signal or `vmwu wrap ctl quit`, not by the client: come back soon.
+        return session.temporary_exit(60, "vmwu wrap was stopped on this host")
+    message = None if code == 0 else f"the job failed with exit code {code}"
+    return session.finish(code, cpu_time=cpu, message=message)
 
 
 OUTPUTS_RECORD = Path(".vmwu-wrap") / "boinc-outputs.json"
@@ -194,12 +226,7 @@ def seed_base_files(slot: Path, session: BoincSession) -> list[str]:
         src = slot / entry
 
         def fill(tmp: Path, src: Path = src, sha: str = sha) -> None:
-            digest = hashlib.sha256()
-            with open(src, "rb") as fin, open(tmp, "wb") as fout:
-                while chunk := fin.read(1 << 20):
-                    digest.update(chunk)
-                    fout.write(chunk)
-            if digest.hexdigest() != sha:
+            if copy_sha256(src, tmp) != sha:
                 raise BaseNotFound(f"base file {src} does not have the sha256 its name says")
 
         cache.ensure_blob(sha, fill)

@@ -128,7 +128,7 @@ def job_files(job: JobDesc, job_dir: Path) -> list[Shipped]:
 def base_files(units: list[Path], catalog: Path | None) -> list[Shipped]:
     """``vmwu-base-SHA256`` for each base file the units reference instead of embedding."""
     from vmwu.bases.catalog import Catalog
-    from vmwu.unit.ova import OvaReader
+    from vmwu.unit.reader import OvaReader
 
     shipped: dict[str, Shipped] = {}
     for unit in units:
@@ -201,11 +201,11 @@ def build_executable(name: str, out: Path) -> Path:
 
 
 def _digests(path: Path) -> tuple[str, str]:
-    sha, md5 = hashlib.sha256(), hashlib.md5()
+    """(sha256, md5) of a file, for the package's file list."""
     with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            sha.update(chunk)
-            md5.update(chunk)
+        sha = hashlib.file_digest(fh, "sha256")
+        fh.seek(0)
+        md5 = hashlib.file_digest(fh, "md5")
     return sha.hexdigest(), md5.hexdigest()
 
 
