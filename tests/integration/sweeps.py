@@ -7,8 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,16 +54,6 @@ def start_sweep(
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def wait_for(what: Callable[[], Any], timeout: float = 120, message: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = what()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {message or what}")
 
 
 def markers(results: Path) -> list[dict[str, Any]]:

@@ -19,7 +19,8 @@ import pytest
 from tests.conftest import ROOT
 from tests.integration.conftest import Vmwu
 from tests.integration.sweeps import app_started, markers, sleeper_unit
-from tests.processes import MARK, assert_all_gone, comm, survivors, tree, wait_for
+from tests.processes import MARK, assert_all_gone, comm, survivors, tree
+from tests.waits import wait_for
 
 # A host task that tries to get away: a background job, a new session, a process that
 # ignores SIGTERM, an orphan.
@@ -249,5 +250,9 @@ def test_kill_9_of_a_base_builder_while_its_qemu_runs(
         text=True,
     )
     qemu = wait_for(lambda: qemus_below(proc.pid), 60, "the builder's QEMU")[0]
-    wait_for(lambda: console.exists() and b"Kernel panic" in console.read_bytes(), 180)
+    wait_for(
+        lambda: console.exists() and b"Kernel panic" in console.read_bytes(),
+        180,
+        "the kernel's panic on the console",
+    )
     assert qemu in kill_9(proc, process_mark)
