@@ -75,6 +75,14 @@ def comm(pid: int) -> str:
         return ""
 
 
+def cmdline(pid: int) -> bytes:
+    """The process's command line, NUL-separated (b"" once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def carrying(mark: str) -> list[int]:
     """Live processes (not this one) with ``mark`` in their environment, command line or
     working directory."""

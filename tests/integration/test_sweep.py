@@ -12,6 +12,7 @@ from pathlib import Path
 from tests.integration.conftest import Vmwu
 from tests.integration.sweeps import (
     assert_whole_results,
+    jobs_running,
     markers,
     qemu_of,
     running_app,
@@ -68,7 +69,7 @@ def test_a_job_whose_node_dies_is_retried(vmwu: Vmwu) -> None:
     plan = sleeper_plan(vmwu.tmp, unit, 2, seconds=seconds)
     res = vmwu.tmp / "res"
     driver = start_sweep(vmwu, plan, "--results", res, "-j", "2")
-    first = wait_for(lambda: len(markers(res)) == 2 and markers(res), 120, "2 jobs running")
+    first = wait_for(lambda: jobs_running(res, 2), 120, "2 jobs running")
     by_job = {m["job"]: m for m in first}
     crashed, lost = sorted(by_job)
     # 1. the VM dies under vmwu run (exit 245, "VM crashed"): an infrastructure failure
@@ -94,7 +95,7 @@ def test_cancel_leaves_no_guest_running(vmwu: Vmwu) -> None:
     plan = sleeper_plan(vmwu.tmp, unit, 3, seconds="60")
     res = vmwu.tmp / "res"
     driver = start_sweep(vmwu, plan, "--results", res, "-j", "2")
-    running = wait_for(lambda: len(markers(res)) == 2 and markers(res), 120, "2 jobs running")
+    running = wait_for(lambda: jobs_running(res, 2), 120, "2 jobs running")
     qemus = [wait_for(lambda m=m: qemu_of(m), 120, "QEMU") for m in running]
     stamps = {q: procs.start_time(q) for q in qemus}
     result = vmwu("sweep", "cancel", res, timeout=300)
