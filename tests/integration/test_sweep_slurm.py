@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.budgets import slow_fixture
 from tests.conftest import ROOT
 from tests.integration.conftest import Vmwu
 from tests.integration.sweeps import (
@@ -44,7 +45,7 @@ def _free_port_pair() -> int:
     raise RuntimeError("no free pair of ports")
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(240, scope="module")  # the cluster's start, below
 def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     directory = tmp_path_factory.mktemp("slurm")
     env = {
