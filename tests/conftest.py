@@ -16,6 +16,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection: budgets go to tests that run
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    from tests.budgets import add_budgets
+
+    add_budgets(items)
+
+
 @pytest.fixture
 def vmwu_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "vmwu-home"

@@ -13,25 +13,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+
+from tests.waits import wait_for
 
 MARK = "VMWU_TEST_MARK"
-T = TypeVar("T")
-
-
-def wait_for(what: Callable[[], T | None], timeout: float = 60.0, message: str = "") -> T:
-    """Poll ``what`` until it returns something true; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = what()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {message or what}")
-        time.sleep(0.1)
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -87,6 +73,14 @@ def comm(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return ""
+
+
+def cmdline(pid: int) -> bytes:
+    """The process's command line, NUL-separated (b"" once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def carrying(mark: str) -> list[int]:

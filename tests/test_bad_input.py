@@ -12,109 +12,46 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import subprocess
 import sys
 import tarfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import pytest
 
-from tests.conftest import run_vmwu
-from tests.test_ova import APP, OUT, craft, edit, good_entries, make_desc, reg, special
+from tests.fakebase import (
+    BAD_INPUT,
+    BASE_NOT_FOUND,
+    GOOD_SPEC,
+    Home,
+    Packed,
+    add_fake_base,
+    assert_only_status,
+    no_leftovers,
+    one_error_line,
+    pack_on_fake_base,
+    pack_spec,
+    write_app,
+)
+from tests.units import (
+    APP,
+    OUT,
+    craft,
+    edit,
+    good_entries,
+    make_desc,
+    reg,
+    special,
+)
 from vmwu import cli
 from vmwu.cache import NodeCache
 from vmwu.errors import ExitCode, HostDiskFull
 from vmwu.run import resolve
 from vmwu.unit.model import FileRole
 from vmwu.unit.reader import OvaReader
-
-BAD_INPUT = ExitCode.BAD_INPUT
-BASE_NOT_FOUND = ExitCode.BASE_NOT_FOUND
-
-# -- helpers ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Home:
-    """A VMWU_HOME of its own (catalog, base files, node cache) and a working directory."""
-
-    root: Path
-    cwd: Path
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {
-            "VMWU_HOME": str(self.root),
-            "VMWU_CATALOG": str(self.catalog),
-            "VMWU_CACHE_DIR": str(self.cache),
-        }
-
-    @property
-    def catalog(self) -> Path:
-        return self.root / "data" / "catalog.sqlite"
-
-    @property
-    def cache(self) -> Path:
-        return self.root / "cache"
-
-    def at(self, cwd: Path) -> Home:
-        return Home(self.root, cwd)
-
-    def __call__(self, *args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
-        return run_vmwu(*args, env=self.env, cwd=self.cwd, timeout=120)
-
-
-def one_error_line(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> str:
-    """Assert the documented exit code and exactly one ``vmwu: error:`` line on stderr that
-    contains every needle; returns that line."""
-    assert result.returncode == code, f"exit {result.returncode}, stderr: {result.stderr}"
-    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    line = lines[0]
-    assert line.startswith("vmwu: error: "), line
-    for needle in needles:
-        assert needle in line, f"{needle!r} not in {line!r}"
-    return line
-
-
-def assert_only_status(out: Path, result: subprocess.CompletedProcess[str]) -> None:
-    """A failure before any guest ran leaves just status.json with the error (issue 3:
-    vmwu's own failures are always in status.json), nothing else."""
-    assert sorted(p.name for p in out.iterdir()) == ["status.json"]
-    status = json.loads((out / "status.json").read_text())
-    assert status["outcome"] == "vmwu-error"
-    assert status["exit_code"] == result.returncode == status["error"]["code"]
-
-
-def add_fake_base(home: Home, name: str = "fake", arch: str = "x86_64") -> dict[str, Path]:
-    """Register dummy kernel/initrd files as a direct-boot base (enough to pack, not boot)."""
-    where = home.root / f"{name}-files"
-    where.mkdir(parents=True)
-    files = {"kernel": where / "kernel", "initrd": where / "initrd.img"}
-    files["kernel"].write_bytes(b"not a kernel " * 400)
-    files["initrd"].write_bytes(b"not an initrd " * 200)
-    result = home(
-        "base", "add", name, "--kernel", files["kernel"], "--initrd", files["initrd"],
-        "--arch", arch,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return files
-
-
-def write_app(where: Path) -> Path:
-    app = where / "app"
-    app.mkdir(exist_ok=True)
-    (app / "run.sh").write_text("#!/bin/sh\necho hello\n")
-    return app
-
-
-GOOD_SPEC = 'package-name = "u"\napp-import-dir = "app"\napp-launch = "/app/run.sh"\n'
 
 
 @pytest.fixture
@@ -132,40 +69,11 @@ def based(home: Home) -> Home:
     return home
 
 
-@dataclass(frozen=True)
-class Packed:
-    home: Home
-    unit: Path
-    base_files: dict[str, Path]
-
-
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory: pytest.TempPathFactory) -> Packed:
     """A real unit packed on the fake base, shared by the ``run`` tests that do not change
     the catalog (they run in their own working directory: ``packed.home.at(tmp_path)``)."""
-    where = tmp_path_factory.mktemp("packed")
-    home = Home(where / "vmwu-home", where)
-    files = add_fake_base(home)
-    write_app(where)
-    (where / "u.toml").write_text(GOOD_SPEC)
-    result = home("pack", "u.toml", "-q", "-o", where / "u.ova")
-    assert result.returncode == 0, result.stderr
-    return Packed(home, where / "u.ova", files)
-
-
-def pack_spec(home: Home, text: str, name: str = "u.toml", *args: str) -> Any:
-    (home.cwd / name).write_text(text)
-    return home("pack", name, "-q", *args)
-
-
-def no_leftovers(directory: Path) -> None:
-    """Nothing half-written: no unit, no pack work directory, no hidden temp file."""
-    left = [
-        p.name
-        for p in directory.iterdir()
-        if p.suffix == ".ova" or p.name.startswith(("vmwu-pack-", "."))
-    ]
-    assert left == []
+    return pack_on_fake_base(tmp_path_factory.mktemp("packed"))
 
 
 # -- vmwu pack ------------------------------------------------------------------------------

@@ -6,14 +6,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.boinc.fake import FakeClient
 from tests.boinc.jobs import host_job_files, lines
+from tests.waits import wait_for
 from vmwu.errors import BadInput, ToolNotFound
 from vmwu.wrapper.boinc import main as boinc_main_module
 from vmwu.wrapper.boinc.api import BoincSession
@@ -108,11 +108,19 @@ def test_failed_job_is_finished_with_its_code(client: FakeClient) -> None:
 def test_quit_and_abort_from_the_client(client: FakeClient) -> None:
     host_job(client, n=200, step=0.1)
     proc = wrap(client)
-    deadline = time.monotonic() + 120
-    while not (client.slot / "ck").exists():  # the host task has done a line
-        assert time.monotonic() < deadline and proc.poll() is None
-        client.heartbeat()
-        time.sleep(0.1)
+
+    def alive_until(done: Callable[[], bool]) -> Callable[[], bool]:
+        """Poll ``done``, beating the client's heart as BOINC's does (every 0.1 s here)."""
+
+        def poll() -> bool:
+            client.heartbeat()
+            assert proc.poll() is None, f"the wrapper exited early: {proc.communicate()[1]}"
+            return done()
+
+        return poll
+
+    ck = client.slot / "ck"
+    wait_for(alive_until(ck.exists), 120, "the host task's first line")
     client.control("quit")
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
@@ -121,10 +129,7 @@ def test_quit_and_abort_from_the_client(client: FakeClient) -> None:
     done = int((client.slot / "ck").read_text())
 
     proc = wrap(client)  # the client starts the task again
-    while int((client.slot / "ck").read_text()) <= done:
-        assert proc.poll() is None
-        client.heartbeat()
-        time.sleep(0.1)
+    wait_for(alive_until(lambda: int(ck.read_text()) > done), 120, "a line after the restart")
     client.control("abort")
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 194, err

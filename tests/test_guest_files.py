@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 import shlex
@@ -12,6 +11,7 @@ from pathlib import Path
 import pycdlib
 import pytest
 
+from tests.newc import read_initramfs
 from vmwu import guest
 from vmwu.errors import BadInput, SpecError
 from vmwu.guest.events import EventReader, InstanceState, Phase
@@ -122,24 +122,6 @@ def test_unknown_token_names_line() -> None:
         render("ok\n###NOPE###\n", _values(), "tmpl")
 
 
-def _parse_newc(data: bytes) -> list[tuple[str, int, bytes]]:
-    entries = []
-    pos = 0
-    while True:
-        assert data[pos : pos + 6] == b"070701"
-        fields = [int(data[pos + 6 + i * 8 : pos + 14 + i * 8], 16) for i in range(13)]
-        namesize, filesize, mode = fields[11], fields[6], fields[1]
-        name = data[pos + 110 : pos + 110 + namesize - 1].decode()
-        pos += 110 + namesize
-        pos += (4 - pos % 4) % 4
-        body = data[pos : pos + filesize]
-        pos += filesize
-        pos += (4 - pos % 4) % 4
-        if name == "TRAILER!!!":
-            return entries
-        entries.append((name, mode, body))
-
-
 def test_initramfs_is_valid_newc_and_reproducible(tmp_path: Path) -> None:
     entries = [
         cpio.directory("bin"),
@@ -151,15 +133,16 @@ def test_initramfs_is_valid_newc_and_reproducible(tmp_path: Path) -> None:
     cpio.write_initramfs(a, entries)
     cpio.write_initramfs(b, entries)
     assert a.read_bytes() == b.read_bytes()
-    parsed = _parse_newc(gzip.decompress(a.read_bytes()))
-    assert [(n, oct(m)) for n, m, _ in parsed] == [
+    parsed = read_initramfs(a)
+    assert [(e.path, oct(e.mode)) for e in parsed] == [
         ("bin", oct(0o40755)),
         ("bin/x", oct(0o100755)),
         ("bin/sh", oct(0o120777)),
         ("dev/console", oct(0o20600)),
     ]
-    assert parsed[1][2] == b"hello"
-    assert parsed[2][2] == b"x"
+    assert parsed[1].data == b"hello"
+    assert parsed[2].data == b"x"
+    assert parsed[3].rdev == (5, 1)
 
 
 def test_event_reader_handles_partial_lines_and_noise(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_bad_input import (
+from tests.fakebase import (
     BAD_INPUT,
     GOOD_SPEC,
     Home,
@@ -33,7 +33,11 @@ from tests.test_bad_input import (
     add_fake_base,
     assert_only_status,
     one_error_line,
+    pack_on_fake_base,
     write_app,
+)
+from tests.units import (
+    rewrite_unit,
 )
 from vmwu import tools
 from vmwu.cache import NodeCache
@@ -41,7 +45,6 @@ from vmwu.digest import file_sha256
 from vmwu.errors import ExitCode, UnitError
 from vmwu.images import ext4, inspect, qemu_img
 from vmwu.run import resolve
-from vmwu.unit.archive import write_ova
 from vmwu.unit.model import FileRole
 from vmwu.unit.reader import OvaReader
 
@@ -268,40 +271,9 @@ def test_limits_apply_in_the_child() -> None:
 # -- through the command line ---------------------------------------------------------------
 
 
-def rewrite_unit(unit: Path, dest: Path, role: FileRole, image: Path, fmt: str, cap: int) -> Path:
-    """``unit`` with the member of ``role`` replaced by ``image`` (descriptor and manifest
-    made to match, as a hostile author would)."""
-    with OvaReader(unit) as reader:
-        desc = reader.descriptor
-        members: dict[str, Path] = {}
-        files = []
-        for f in desc.files:
-            if f.embedded:
-                members[f.href] = dest.parent / f"src-{f.href}"
-                reader.extract(f.href, members[f.href])
-            if f.role == role:
-                sha, size = file_sha256(image)
-                href = f.href.rsplit(".", 1)[0] + "." + fmt
-                del members[f.href]
-                members[href] = image
-                f = dataclasses.replace(
-                    f, href=href, sha256=sha, size=size, format=fmt, capacity=cap
-                )
-            files.append(f)
-    write_ova(dest, dataclasses.replace(desc, files=tuple(files)), members)
-    return dest
-
-
 @pytest.fixture(scope="module")
 def unit_home(tmp_path_factory: pytest.TempPathFactory) -> Packed:
-    where = tmp_path_factory.mktemp("unit")
-    home = Home(where / "vmwu-home", where)
-    files = add_fake_base(home)
-    write_app(where)
-    (where / "u.toml").write_text(GOOD_SPEC)
-    result = home("pack", "u.toml", "-q", "-o", where / "u.ova")
-    assert result.returncode == 0, result.stderr
-    return Packed(home, where / "u.ova", files)
+    return pack_on_fake_base(tmp_path_factory.mktemp("unit"))
 
 
 def no_marker(marker: bytes, *where: Path) -> None:

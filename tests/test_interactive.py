@@ -13,7 +13,13 @@ import tarfile
 import time
 from pathlib import Path
 
-from tests.test_bad_input import GOOD_SPEC, Home, add_fake_base, one_error_line, write_app
+from tests.fakebase import (
+    GOOD_SPEC,
+    Home,
+    add_fake_base,
+    one_error_line,
+    write_app,
+)
 from vmwu.images import ext4_read, qemu_img
 
 
@@ -44,9 +50,18 @@ def run_in_pty(
                     os.write(master, answers.pop(0)[1])
             elif proc.poll() is not None:
                 break
+        else:
+            pending = answers[0][0] if answers else b"(none)"
+            raise AssertionError(
+                f"{argv[2:]} did not end within 60 s; prompt still awaited: {pending!r}; "
+                f"output so far: {seen.decode(errors='replace')[-2000:]}"
+            )
         return proc.wait(timeout=30), seen.decode(errors="replace")
     finally:
         os.close(master)
+        if proc.poll() is None:  # a failed test leaves nothing running
+            proc.kill()
+            proc.wait()
 
 
 def _autorun(unit: Path, tmp: Path) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import gzip
-import hashlib
 import io
 import os
 import tarfile
@@ -14,78 +13,19 @@ from pathlib import Path
 
 import pytest
 
+from tests.units import APP, OUT, craft, edit, good_entries, make_desc, reg, sha, special
 from vmwu.digest import file_sha256
 from vmwu.errors import HostDiskFull, UnitError
 from vmwu.unit.archive import write_ova
 from vmwu.unit.descriptor import MAX_DESCRIPTOR_BYTES
 from vmwu.unit.manifest import parse_manifest, render_manifest
-from vmwu.unit.model import BaseRef, BootMethod, FileRole, GuestLayout, UnitDescriptor, UnitFile
+from vmwu.unit.model import FileRole, GuestLayout, UnitFile
 from vmwu.unit.ovf_parse import parse_ovf
 from vmwu.unit.ovf_render import render_ovf
 from vmwu.unit.reader import OvaReader
 
 OVF = "{http://schemas.dmtf.org/ovf/envelope/1}"
 RASD = "{http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData}"
-
-APP = b"APP-DISK" + bytes(range(256)) * 40
-OUT = b"OUTPUT" + b"\0" * 3000
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def make_desc(blobs: dict[str, bytes] | None = None, **changes: object) -> UnitDescriptor:
-    """A unit with a referenced kernel/initrd and embedded app and output disks."""
-    blobs = blobs if blobs is not None else {"u-app.qcow2": APP, "u-output.qcow2": OUT}
-    app, out = blobs["u-app.qcow2"], blobs["u-output.qcow2"]
-    desc = UnitDescriptor(
-        name="u",
-        base=BaseRef(
-            name="tiny-x86_64",
-            sha256="b" * 64,
-            architecture="x86_64",
-            guest_os="linux6.1",
-            boot_method=BootMethod.DIRECT_KERNEL,
-            cmdline="console=ttyS0 quiet",
-            agent_version="1",
-        ),
-        files=(
-            UnitFile("kernel", "tiny-vmlinuz", FileRole.KERNEL, "1" * 64, 5000, False, "bzimage"),
-            UnitFile("initrd", "tiny-initrd", FileRole.INITRD, "2" * 64, 3000, False, "cpio"),
-            UnitFile(
-                "app-disk",
-                "u-app.qcow2",
-                FileRole.APP_DISK,
-                sha(app),
-                len(app),
-                True,
-                "qcow2",
-                capacity=64 << 20,
-                label="VMWU-APP",
-                filesystem="ext4",
-            ),
-            UnitFile(
-                "output-disk",
-                "u-output.qcow2",
-                FileRole.OUTPUT_DISK,
-                sha(out),
-                len(out),
-                True,
-                "qcow2",
-                capacity=256 << 20,
-                label="VMWU-OUT",
-                filesystem="ext4",
-            ),
-        ),
-        memory_mib=768,
-        cpus=2,
-        description="renders a fractal",
-        app_launch="./mandelbrot `cat /cdrom/param` > /output/image.pgm",
-        timeout=3600.0,
-        vmwu_version="0.1.0",
-    )
-    return dataclasses.replace(desc, **changes)  # type: ignore[arg-type]
 
 
 def sources(tmp_path: Path, blobs: dict[str, bytes] | None = None) -> dict[str, Path]:
@@ -210,12 +150,6 @@ def test_render_is_standard_ovf_in_schema_order() -> None:
 def test_render_refuses_inconsistent_descriptor(changes: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         render_ovf(dataclasses.replace(make_desc(), **changes))  # type: ignore[arg-type]
-
-
-def edit(data: bytes, old: str, new: str) -> bytes:
-    text = data.decode()
-    assert old in text
-    return text.replace(old, new).encode()
 
 
 def test_parse_refuses_unknown_ovf_version() -> None:
@@ -516,42 +450,6 @@ def test_extract_disk_full_removes_dest(
 
 
 # -- hand-crafted hostile tars -----------------------------------------------------------
-
-
-def reg(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes | None]:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    return info, data
-
-
-def special(name: str, kind: bytes, linkname: str = "") -> tuple[tarfile.TarInfo, bytes | None]:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.linkname = linkname
-    return info, None
-
-
-def good_entries(
-    desc: UnitDescriptor | None = None, blobs: dict[str, bytes] | None = None
-) -> list[tuple[tarfile.TarInfo, bytes | None]]:
-    """The members of a valid unit; tests then tamper with the list."""
-    blobs = blobs if blobs is not None else {"u-app.qcow2": APP, "u-output.qcow2": OUT}
-    desc = desc or make_desc(blobs)
-    ovf_data = render_ovf(desc)
-    manifest = render_manifest(
-        [("u.ovf", sha(ovf_data))] + [(name, sha(data)) for name, data in blobs.items()]
-    )
-    return [reg("u.ovf", ovf_data), reg("u.mf", manifest)] + [
-        reg(name, data) for name, data in blobs.items()
-    ]
-
-
-def craft(tmp_path: Path, entries: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
-    path = tmp_path / "evil.ova"
-    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
-        for info, data in entries:
-            tar.addfile(info, io.BytesIO(data) if data is not None else None)
-    return path
 
 
 def test_crafted_good_unit_opens(tmp_path: Path) -> None:

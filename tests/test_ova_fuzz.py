@@ -23,7 +23,12 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.test_ova import APP, OUT, good_entries, make_desc
+from tests.units import (
+    APP,
+    OUT,
+    good_entries,
+    make_desc,
+)
 from vmwu.errors import VmwuError
 from vmwu.unit.manifest import render_manifest
 from vmwu.unit.ovf_render import render_ovf

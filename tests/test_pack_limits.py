@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_vmwu
-from tests.test_bad_input import (
+from tests.fakebase import (
     BAD_INPUT,
     GOOD_SPEC,
     Home,
@@ -24,6 +24,7 @@ from tests.test_bad_input import (
     assert_only_status,
     no_leftovers,
     one_error_line,
+    pack_on_fake_base,
     pack_spec,
     write_app,
 )
@@ -45,13 +46,7 @@ def based(tmp_path: Path) -> Home:
 
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory: pytest.TempPathFactory) -> Packed:
-    where = tmp_path_factory.mktemp("packed")
-    home = Home(where / "vmwu-home", where)
-    files = add_fake_base(home)
-    write_app(where)
-    (where / "u.toml").write_text(GOOD_SPEC)
-    assert home("pack", "u.toml", "-q", "-o", where / "u.ova").returncode == 0
-    return Packed(home, where / "u.ova", files)
+    return pack_on_fake_base(tmp_path_factory.mktemp("packed"))
 
 
 # -- sizes ------------------------------------------------------------------------------------

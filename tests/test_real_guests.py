@@ -15,7 +15,13 @@ import pycdlib
 import pytest
 
 from tests.conftest import ROOT
-from tests.test_bad_input import Home, add_fake_base, one_error_line, write_app
+from tests.fakebase import (
+    BAD_INPUT,
+    Home,
+    add_fake_base,
+    one_error_line,
+    write_app,
+)
 from vmwu.bases import mmdebstrap
 from vmwu.errors import BadInput, HostFailure
 from vmwu.images import bootdisk, rootfs
@@ -24,8 +30,6 @@ from vmwu.run import cloudinit
 from vmwu.unit.model import BaseRef, BootMethod, FileRole
 from vmwu.vmm import firmware
 from vmwu.vmm.qemu import Drive, MachineConfig, drive_args, pflash_args
-
-BAD_INPUT = 241
 
 # -- a root file system from a tarball, without root ------------------------------------------
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import MARK, assert_all_gone, carrying, comm, state, tree, wait_for
+from tests.processes import MARK, assert_all_gone, carrying, comm, state, tree
+from tests.waits import wait_for
 from vmwu import guard, tools
 from vmwu.errors import HostFailure, ToolNotFound
 
@@ -91,7 +92,7 @@ def test_a_tree_dies_with_the_process_that_started_it(
 ) -> None:
     proc = holder(tmp_path, mode, ["sh", "-c", TREE])
     mark = process_mark
-    wait_for(lambda: len(sleepers(mark)) == SLEEPERS, message="the whole tree")
+    wait_for(lambda: len(sleepers(mark)) == SLEEPERS, 60, "the whole tree")
     kill_and_check(proc, mark)
 
 
@@ -99,14 +100,14 @@ def test_a_stopped_tree_and_its_stopped_guard_die_too(tmp_path: Path, process_ma
     go = tmp_path / "go"
     proc = holder(tmp_path, "tree-stopped", ["sh", "-c", TREE], str(go))
     mark = process_mark
-    wait_for(lambda: len(sleepers(mark)) == SLEEPERS, message="the whole tree")
+    wait_for(lambda: len(sleepers(mark)) == SLEEPERS, 60, "the whole tree")
     go.touch()
     stopped = tmp_path / "go.stopped"
-    wait_for(lambda: stopped.exists() and stopped.read_text(), message="the tree stopped")
+    wait_for(lambda: stopped.exists() and stopped.read_text(), 60, "the tree stopped")
     guard_pid, leader = map(int, stopped.read_text().split())
     group = [p for p in tree(proc.pid) if os.getpgid(p) == leader]
     assert len(group) >= 3  # sh, and the sleepers that did not leave its process group
-    wait_for(lambda: all(state(p) == "T" for p in [guard_pid, *group]), message="stopped")
+    wait_for(lambda: all(state(p) == "T" for p in [guard_pid, *group]), 60, "stopped")
     kill_and_check(proc, mark)
 
 
@@ -116,7 +117,7 @@ def test_a_direct_child_dies_with_the_process_that_started_it(
 ) -> None:
     proc = holder(tmp_path, mode, ["sleep", "1006"])
     mark = process_mark
-    wait_for(lambda: len(sleepers(mark)) == 1, message="sleep")
+    wait_for(lambda: len(sleepers(mark)) == 1, 60, "sleep")
     kill_and_check(proc, mark)
 
 
@@ -149,7 +150,7 @@ def test_the_guard_outlasts_signals_meant_for_the_command(
     ready = tmp_path / "ready"
     script = f"trap 'exit 3' TERM; touch {ready}; while :; do sleep 0.05; done"
     proc = tools.spawn(["sh", "-c", script], env={MARK: process_mark}, tree=True)
-    wait_for(ready.exists)
+    wait_for(ready.exists, 60, "the script to start")
     os.kill(proc.pid, signal.SIGTERM)
     os.kill(proc.pid, signal.SIGINT)
     os.kill(proc.pid, signal.SIGHUP)
@@ -162,12 +163,12 @@ def test_the_guard_outlasts_signals_meant_for_the_command(
 def test_a_dropped_or_ended_tree_is_ended_by_its_guard(tmp_path: Path, process_mark: str) -> None:
     mark = process_mark
     proc = tools.spawn(["sh", "-c", TREE], env={MARK: mark}, tree=True)
-    wait_for(lambda: len(sleepers(mark)) == SLEEPERS)
+    wait_for(lambda: len(sleepers(mark)) == SLEEPERS, 60, "the whole tree")
     snapshot = tree(proc.pid)
     assert proc.end() == 1  # the guard's code when vmwu let go
     assert_all_gone(mark, snapshot)
     with tools.spawn(["sh", "-c", TREE], env={MARK: mark}, tree=True) as proc:
-        wait_for(lambda: len(sleepers(mark)) == SLEEPERS)
+        wait_for(lambda: len(sleepers(mark)) == SLEEPERS, 60, "the whole tree")
         snapshot = tree(proc.pid)
     assert_all_gone(mark, snapshot)
 
@@ -233,7 +234,7 @@ def test_the_frozen_entry_starts_the_guard(
         assert tools.guard_command() == [str(binary), guard.FLAG]
         mark = f"{tmp_path}/{name}"
         proc = tools.spawn(["sh", "-c", TREE + "exit 5\n"], env={MARK: mark}, tree=True)
-        wait_for(lambda m=mark: len(sleepers(m)) == SLEEPERS)  # type: ignore[misc]
+        wait_for(lambda m=mark: len(sleepers(m)) == SLEEPERS, 60, "the whole tree")  # type: ignore[misc]
         cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
         assert guard.FLAG.encode() in cmdline
         for pid in sleepers(mark):
@@ -263,7 +264,7 @@ def test_nothing_goes_around_the_door() -> None:
     for path in sorted(package.rglob("*.py")):
         if path in allowed:
             continue
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
+        for line in path.read_text().splitlines():
             if starts.search(line.split("#")[0]):
-                found.append(f"{path.relative_to(package)}:{number}: {line.strip()}")
-    assert found == ["sweep/executors/local.py:129: pid = os.fork()"]
+                found.append(f"{path.relative_to(package)}: {line.strip()}")
+    assert found == ["sweep/executors/local.py: pid = os.fork()"]

@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,8 @@ import pytest
 
 from tests.conftest import run_vmwu
 from tests.faults import fill_disk_for
+from tests.processes import MARK, assert_all_gone, comm, tree
+from tests.waits import wait_for
 from vmwu.errors import HostDiskFull
 
 
@@ -278,9 +279,7 @@ def test_kill_9_of_the_driver_then_resume(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     res = tmp_path / "s-results"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not list((res / "jobs").glob("j-*")):
-        time.sleep(0.05)
+    wait_for(lambda: list((res / "jobs").glob("j-*")), 60, "a first job's result")
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     result = run_vmwu("sweep", "resume", res, timeout=120)
@@ -294,7 +293,7 @@ def test_kill_9_of_the_driver_then_resume(tmp_path: Path) -> None:
         assert (res / "jobs" / name / "job.json").is_file()
 
 
-def test_cancel_stops_a_running_sweep(tmp_path: Path) -> None:
+def test_cancel_stops_a_running_sweep(tmp_path: Path, process_mark: str) -> None:
     p = write(
         tmp_path / "c.plan",
         "parameter n integer range from 1 to 4 step 1\ntask main\n  exec sleep 60\nendtask\n",
@@ -302,21 +301,26 @@ def test_cancel_stops_a_running_sweep(tmp_path: Path) -> None:
     driver = subprocess.Popen(
         [sys.executable, "-m", "vmwu", "sweep", str(p), "-j", "2", "-q"],
         cwd=tmp_path,
+        env={**os.environ, MARK: process_mark},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
     res = tmp_path / "c-results"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(list((res / "run").glob("*.json"))) < 2:
-        time.sleep(0.05)
+
+    def two_sleeping() -> dict[int, int] | None:
+        below = tree(driver.pid)  # the driver, its two forked runners and their steps
+        return below if len([p for p in below if comm(p) == "sleep"]) == 2 else None
+
+    snapshot = wait_for(two_sleeping, 60, "two jobs' steps running")
+    assert len(list((res / "run").glob("*.json"))) == 2  # two runners, each with its marker
     result = run_vmwu("sweep", "cancel", res, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "4 cancelled" in result.stdout
     assert driver.wait(timeout=60) == 1
     assert list((res / "jobs").iterdir()) == []
-    leftover = subprocess.run(["pgrep", "-f", f"exec-job {res}"], capture_output=True, text=True)
-    assert leftover.stdout.strip() == ""
+    # the runners (children of the driver, in sessions of their own) and their steps
+    assert_all_gone(process_mark, snapshot)
 
 
 def test_export_runs_without_the_driver(plan: Path, tmp_path: Path) -> None:

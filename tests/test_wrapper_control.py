@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.waits import wait_for
 from vmwu.errors import BadInput
-from vmwu.wrapper.control import Action, Control, send
+from vmwu.wrapper.control import Action, Control, Request, send
 from vmwu.wrapper.state import WrapperState
 from vmwu.wrapper.status import StatusFile, fraction_done
 
@@ -61,12 +62,14 @@ def test_socket_requests_and_replies(tmp_path: Path) -> None:
     try:
         thread = threading.Thread(target=client, args=(Action.SUSPEND,))
         thread.start()
-        requests = []
-        for _ in range(100):
-            control.wait(0.1)
-            requests += control.requests()
-            if requests:
-                break
+        requests: list[Request] = []
+
+        def received() -> list[Request]:
+            control.wait(0.1)  # wakes up as a request comes in
+            requests.extend(control.requests())
+            return requests
+
+        wait_for(received, 10, "the request on the socket", interval=0)
         assert [r.action for r in requests] == [Action.SUSPEND]
         assert requests[0].source == "socket"
         requests[0].reply({"ok": True, "state": "suspended"})

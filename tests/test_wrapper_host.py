@@ -11,15 +11,15 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import run_vmwu
+from tests.processes import cmdline, state, tree
+from tests.waits import wait_for
 
 PY = sys.executable
 
@@ -42,14 +42,11 @@ def status(slot: Path) -> dict[str, Any]:
         return {}
 
 
-def wait_for(what: Callable[[], Any], timeout: float = 60.0) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = what()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+def task_of(wrapper: int, script: Path) -> int | None:
+    """The pid of the task ``python SCRIPT ...`` below the wrapper, once it runs (not the
+    process guard above it, whose command line holds the task's too)."""
+    want = [os.fsencode(script)]
+    return next((p for p in tree(wrapper) if cmdline(p).split(b"\0")[1:2] == want), None)
 
 
 def ctl(slot: Path, action: str) -> dict[str, Any]:
@@ -195,18 +192,19 @@ def test_suspend_resume_quit_and_restart_a_host_task(dirs: tuple[Path, Path]) ->
     )
     proc = start(slot, path)
     try:
-        wait_for(lambda: (status(slot).get("task") or {}).get("fraction"))
+        wait_for(lambda: (status(slot).get("task") or {}).get("fraction"), 60, "a fraction done")
+        counter = wait_for(lambda: task_of(proc.pid, project / "counter.py"), 60, "the task")
         assert ctl(slot, "suspend")["state"] == "suspended"
+        wait_for(lambda: state(counter) == "T", 60, f"the task ({counter}) to be stopped")
         ticks = (slot / "ticks").read_text()
-        time.sleep(1.0)
-        assert (slot / "ticks").read_text() == ticks  # SIGSTOPped: not one more tick
         st = ctl(slot, "status")
         assert st["state"] == "suspended" and 0 < st["fraction_done"] < 0.25
+        assert (slot / "ticks").read_text() == ticks  # stopped: not one more tick
         assert ctl(slot, "resume")["state"] == "running"
-        wait_for(lambda: (slot / "ticks").read_text() != ticks)
+        wait_for(lambda: (slot / "ticks").read_text() != ticks, 60, "a tick after resume")
         refused = run_vmwu("wrap", "ctl", "checkpoint", "--slot-dir", slot, timeout=60)
         assert refused.returncode == 241 and "checkpoints itself" in refused.stderr
-        wait_for(lambda: status(slot).get("last_checkpoint"))
+        wait_for(lambda: status(slot).get("last_checkpoint"), 60, "a checkpoint")
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -256,7 +254,7 @@ def test_one_wrapper_per_slot_and_the_job_must_not_change(dirs: tuple[Path, Path
     )
     proc = start(slot, path)
     try:
-        wait_for(lambda: status(slot).get("state") == "running")
+        wait_for(lambda: status(slot).get("state") == "running", 60, "the wrapper running")
         second = wrap(slot, path)
         assert second.returncode == 241
         assert f"another vmwu wrap (pid {proc.pid}) is running in {slot}" in second.stderr
@@ -278,7 +276,7 @@ def test_abort_drops_the_job(dirs: tuple[Path, Path]) -> None:
     )
     proc = start(slot, path)
     try:
-        wait_for(lambda: status(slot).get("state") == "running")
+        wait_for(lambda: status(slot).get("state") == "running", 60, "the wrapper running")
         assert ctl(slot, "abort")["state"] == "aborted"
         proc.communicate(timeout=60)
     finally:

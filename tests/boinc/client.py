@@ -16,13 +16,13 @@ import re
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tests.boinc.server import PLATFORM, VERSION_NUM, ProjectServer
+from tests.waits import wait_for
 from vmwu.tools import parent_death_preexec
 
 PASSWORD = "vmwu-test"
@@ -247,22 +247,21 @@ class BoincClient:
             return ""
 
     def wait_for(self, what: Callable[[], Any], message: str, timeout: float = 300) -> Any:
-        """Poll ``what()`` until true; fail with the client's log tail."""
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
+        """Poll ``what()`` until true; fail with the client's log tail, at the deadline or
+        as soon as the client has exited."""
+
+        def poll() -> Any:
             value = what()
-            if value:
-                return value
-            if self.proc is not None and self.proc.poll() is not None:
+            if not value and self.proc is not None and self.proc.poll() is not None:
                 value = what()
-                if value:
-                    return value
-                raise AssertionError(
-                    f"the client exited ({self.proc.returncode}) before {message}:\n"
-                    + self.log()[-3000:]
-                )
-            time.sleep(0.25)
-        raise AssertionError(f"timed out waiting for {message}:\n" + self.log()[-3000:])
+                if not value:
+                    raise AssertionError(
+                        f"the client exited ({self.proc.returncode}) before {message}:\n"
+                        + self.log()[-3000:]
+                    )
+            return value
+
+        return wait_for(poll, timeout, message, interval=0.25, context=lambda: self.log()[-3000:])
 
     def wait_log(self, pattern: str, timeout: float = 300, after: int = 0) -> re.Match[str]:
         """The first match of ``pattern`` in the client's log past offset ``after``."""

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.budgets import slow_fixture
 from tests.conftest import run_vmwu
 
 
@@ -22,11 +23,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-@pytest.fixture(scope="session")
+TINY_BUILD = 600  # seconds: apt-get download of a kernel and busybox, an initramfs
+
+
+@slow_fixture(TINY_BUILD + 60, scope="session")
 def tiny_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A VMWU_HOME holding a catalog with the tiny base and a warm node cache."""
     home = tmp_path_factory.mktemp("vmwu-home")
-    result = run_vmwu("base", "build", "tiny", env={"VMWU_HOME": str(home)}, timeout=600)
+    result = run_vmwu("base", "build", "tiny", env={"VMWU_HOME": str(home)}, timeout=TINY_BUILD)
     assert result.returncode == 0, result.stderr
     return home
 

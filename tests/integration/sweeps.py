@@ -7,8 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,16 +56,6 @@ def start_sweep(
     )
 
 
-def wait_for(what: Callable[[], Any], timeout: float = 120, message: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = what()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {message or what}")
-
-
 def markers(results: Path) -> list[dict[str, Any]]:
     """The run markers of jobs that are running now (pid, host, attempt)."""
     out = []
@@ -77,6 +65,12 @@ def markers(results: Path) -> list[dict[str, Any]]:
         except (OSError, ValueError):
             pass
     return out
+
+
+def jobs_running(results: Path, n: int) -> list[dict[str, Any]] | None:
+    """The run markers once exactly ``n`` jobs are running."""
+    found = markers(results)
+    return found if len(found) == n else None
 
 
 def running_app(marker: dict[str, Any]) -> int | None:
@@ -101,18 +95,23 @@ def qemu_of(marker: dict[str, Any]) -> int | None:
 def app_started(qemu: int) -> bool:
     """Has the guest of this QEMU started the application (the agent's "started" event)?
     Before that, vmwu run may recover from a dead QEMU by itself (cold boot)."""
+    events = guest_events(qemu)
+    try:
+        return events is not None and '"started"' in events.read_text()
+    except OSError:
+        return False
+
+
+def guest_events(qemu: int) -> Path | None:
+    """The file where this QEMU writes what its guest's agent says (events.jsonl)."""
     try:
         argv = Path(f"/proc/{qemu}/cmdline").read_bytes().decode().split("\0")
     except OSError:
-        return False
+        return None
     for arg in argv:
         if "events.jsonl" in arg:
-            path = arg.split("path=", 1)[-1].split(",")[0]
-            try:
-                return '"started"' in Path(path).read_text()
-            except OSError:
-                return False
-    return False
+            return Path(arg.split("path=", 1)[-1].split(",")[0])
+    return None
 
 
 def summary(results: Path) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.budgets import slow_fixture
 from tests.conftest import ROOT
 from tests.integration.conftest import Vmwu
 
@@ -18,7 +19,10 @@ MANDEL = ROOT / "examples" / "mandelbrot"
 ROWS = ("-2.0", "1.0", "-1.0", "1.0", "1600", "800", "100")
 
 
-@pytest.fixture(scope="module")
+ARM_TINY_BUILD = 600  # seconds for `vmwu base build tiny --arch arm64`
+
+
+@slow_fixture(ARM_TINY_BUILD + 120, scope="module")  # and two builds of the example
 def arm_example(tiny_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The Mandelbrot example with both binaries built, and an arm64 base in the session's
     catalog."""
@@ -31,7 +35,15 @@ def arm_example(tiny_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
             check=True, capture_output=True,
         )  # fmt: skip
     built = Vmwu(tiny_home, dest, {})(
-        "base", "build", "tiny", "--arch", "arm64", "--name", "tiny-arm64", "-q", timeout=600
+        "base",
+        "build",
+        "tiny",
+        "--arch",
+        "arm64",
+        "--name",
+        "tiny-arm64",
+        "-q",
+        timeout=ARM_TINY_BUILD,
     )
     assert built.returncode == 0, built.stderr
     return dest

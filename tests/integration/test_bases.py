@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.budgets import slow_fixture
 from tests.conftest import ROOT, run_vmwu
 from tests.integration.conftest import Vmwu
 from tests.integration.images import make_cloud_image, make_daemon_image
@@ -36,11 +37,17 @@ def one_error_line(result: subprocess.CompletedProcess[str], code: int, *needles
     return errors[0]
 
 
-@pytest.fixture(scope="session")
+DEBIAN_BUILD = 1500  # seconds for `vmwu base build debian` (mmdebstrap, a root disk)
+LAYER_PACK = 1800  # seconds to pack a unit with guest-packages (apt and dpkg in a guest)
+CLOUD_IMAGE = 900  # seconds for mmdebstrap of a Debian with cloud-init, and its disk
+
+
+@slow_fixture(DEBIAN_BUILD + 60, scope="session")
 def bases_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A VMWU_HOME whose catalog holds the Debian base (built once per session)."""
     home = tmp_path_factory.mktemp("vmwu-bases")
-    result = run_vmwu("base", "build", "debian", env={"VMWU_HOME": str(home)}, timeout=1500)
+    env = {"VMWU_HOME": str(home)}
+    result = run_vmwu("base", "build", "debian", env=env, timeout=DEBIAN_BUILD)
     assert result.returncode == 0, result.stderr
     return home
 
@@ -57,7 +64,7 @@ def daemon_image(tiny_home: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return make_daemon_image(tiny_home / "cache" / "downloads", dest)
 
 
-@pytest.fixture(scope="session")
+@slow_fixture(CLOUD_IMAGE, scope="session")
 def cloud_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Debian cloud image with cloud-init, booted by syslinux (no vmwu inside)."""
     return make_cloud_image(tmp_path_factory.mktemp("cloud-img") / "cloud.img")
@@ -109,7 +116,7 @@ def test_debian_base_warm_starts_over_its_frozen_root_disk(bases: Vmwu) -> None:
         assert "No such file or directory" in lines[1], lines  # no other instance's mark
 
 
-@pytest.fixture(scope="session")
+@slow_fixture(LAYER_PACK + 60, scope="session")
 def mandelbrot_debian(bases_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """examples/mandelbrot/debian.toml packed: g++ installed into the unit's layer."""
     where = tmp_path_factory.mktemp("mandel-deb")
@@ -117,11 +124,12 @@ def mandelbrot_debian(bases_home: Path, tmp_path_factory: pytest.TempPathFactory
     shutil.copytree(ROOT / "examples" / "mandelbrot", example, ignore=shutil.ignore_patterns("app"))
     unit = where / "mandelbrot-debian.ova"
     env = {"VMWU_HOME": str(bases_home)}
-    result = run_vmwu("pack", example / "debian.toml", "-o", unit, env=env, timeout=1800)
+    result = run_vmwu("pack", example / "debian.toml", "-o", unit, env=env, timeout=LAYER_PACK)
     assert result.returncode == 0, result.stderr
     return unit
 
 
+@pytest.mark.timeout(1200)
 def test_mandelbrot_compiled_by_gpp_in_the_guest_gives_the_native_rows(
     bases: Vmwu, mandelbrot_debian: Path
 ) -> None:
@@ -214,6 +222,7 @@ def test_imported_uefi_image_boots_with_ovmf(bases: Vmwu, tiny_home: Path) -> No
     assert "if=pflash" in status["cmdline"] and "BdsDxe" in (out / "console.log").read_text()
 
 
+@pytest.mark.timeout(1000)
 def test_cloud_image_runs_through_cloud_init(bases: Vmwu, cloud_image: Path) -> None:
     """A Debian cloud image: the launcher's NoCloud seed starts the vmwu agent."""
     result = bases("base", "import", cloud_image, "--name", "cloud")

@@ -20,6 +20,7 @@ import pytest
 
 from tests.boinc.client import App, BoincClient
 from tests.boinc.server import Job, ProjectServer
+from tests.budgets import slow_fixture
 from tests.conftest import ROOT, run_vmwu
 from tests.integration.conftest import Vmwu
 
@@ -27,7 +28,10 @@ COUNT = (ROOT / "examples" / "boinc" / "count.sh").read_text()
 STEPS = 40
 
 
-@pytest.fixture
+PACKAGE = 1200  # seconds for `vmwu wrap package` (PyInstaller)
+
+
+@slow_fixture(PACKAGE + 60, scope="function")
 def package(vmwu: Vmwu) -> Path:
     """A unit counting to its first parameter, a job running it, and the package."""
     vmwu.pack('/app/count.sh "$@"', name="counter", files={"count.sh": COUNT})
@@ -38,7 +42,7 @@ def package(vmwu: Vmwu) -> Path:
         "<copy_file_from_VM>steps.log</copy_file_from_VM></task></job_desc>\n"
     )
     out = vmwu.tmp / "package"
-    result = run_vmwu("wrap", "package", job, "-o", out, env=vmwu.env, timeout=1200)
+    result = run_vmwu("wrap", "package", job, "-o", out, env=vmwu.env, timeout=PACKAGE)
     assert result.returncode == 0, result.stderr
     return out
 

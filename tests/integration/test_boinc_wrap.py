@@ -18,7 +18,7 @@ from tests.boinc.jobs import host_job_files, lines
 from tests.boinc.server import Job, ProjectServer
 from tests.conftest import run_vmwu
 from tests.integration.conftest import Vmwu
-from tests.integration.sweeps import wait_for
+from tests.waits import wait_for
 
 
 @pytest.fixture

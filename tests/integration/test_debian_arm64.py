@@ -3,7 +3,8 @@ x86_64 host, with no binfmt_misc and no root: packages extracted on the host, in
 dpkg inside the arm64 guest itself (vmwu/bases/foreign.py), then a unit selected by
 `app-architecture = "arm64"` runs on it under qemu-system-aarch64 (TCG).
 
-The build is the slow part (~10 min of emulated dpkg on 2 cores); it runs once.
+The build is the slow part (~10 min of emulated dpkg on 2 cores); it runs once, and the
+first test pays for it (tests/budgets.py).
 """
 
 from __future__ import annotations
@@ -13,13 +14,20 @@ from pathlib import Path
 
 import pytest
 
+from tests.budgets import slow_fixture
 from tests.conftest import run_vmwu
 from tests.integration.conftest import Vmwu
+
+BUILD = 2700  # seconds for `vmwu base build debian --arch arm64`
+RUN = 600  # seconds for one `vmwu run` on it (boot, guest-packages layer, app)
+
+# each test: pack (maybe a guest-packages layer, dpkg under TCG) and run
+pytestmark = pytest.mark.timeout(2 * RUN)
 
 HELLO = '#!/bin/sh\necho "$(uname -m) debian $(cat /etc/debian_version)" "$@"\n'
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(BUILD + 60, scope="module")
 def arm_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("vmwu-debian-arm64")
     result = run_vmwu(
@@ -31,7 +39,7 @@ def arm_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "--name",
         "debian-arm64",
         env={"VMWU_HOME": str(home)},
-        timeout=2700,
+        timeout=BUILD,
     )
     assert result.returncode == 0, result.stderr
     return home
@@ -63,7 +71,7 @@ def test_unit_selected_by_app_architecture_runs_on_debian_arm64(arm: Vmwu) -> No
             "app-output-size": "4M",
         },
     )
-    result, out, status = arm.run(unit, params=("x", "y z"), timeout=600)
+    result, out, status = arm.run(unit, params=("x", "y z"), timeout=RUN)
     assert result.returncode == 5, result.stderr
     stdout = (out / "stdout.log").read_text()
     # the packages were configured by dpkg in the guest: nothing half-installed
@@ -79,6 +87,6 @@ def test_guest_packages_are_installed_for_arm64(arm: Vmwu) -> None:
         name="arm-bc",
         extra={"base-image": "debian-arm64", "guest-packages": "bc", "app-output-size": "4M"},
     )
-    result, out, _ = arm.run(unit, timeout=600)
+    result, out, _ = arm.run(unit, timeout=RUN)
     assert result.returncode == 0, result.stderr
     assert (out / "stdout.log").read_text().strip() == "42"

@@ -22,7 +22,6 @@ start (warm) reports the same failure.
 
 from __future__ import annotations
 
-import gzip
 import json
 import subprocess
 from dataclasses import dataclass
@@ -32,31 +31,13 @@ import pytest
 
 from tests.conftest import run_vmwu
 from tests.integration.conftest import Vmwu
+from tests.newc import read_initramfs
 from vmwu.errors import ExitCode
 from vmwu.images import cpio
 
 NEVER_BOOTED = ExitCode.NEVER_BOOTED
 COLD = "--no-warm"
 HANG_MESSAGE = "test-init: hanging on purpose"
-
-
-def read_initramfs(path: Path) -> list[cpio.CpioEntry]:
-    """The entries of a gzip'd newc archive (the format ``vmwu.images.cpio`` writes)."""
-    data = gzip.decompress(path.read_bytes())
-    entries: list[cpio.CpioEntry] = []
-    pos = 0
-    while True:
-        if data[pos : pos + 6] != b"070701":
-            raise ValueError(f"{path}: no newc header at byte {pos}")
-        fields = [int(data[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in range(13)]
-        mode, size, rdev, namesize = fields[1], fields[6], (fields[9], fields[10]), fields[11]
-        name = data[pos + 110 : pos + 110 + namesize - 1].decode()
-        pos = (pos + 110 + namesize + 3) & ~3
-        body = data[pos : pos + size]
-        pos = (pos + size + 3) & ~3
-        if name == "TRAILER!!!":
-            return entries
-        entries.append(cpio.CpioEntry(name, mode, body, rdev))
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,9 @@ import subprocess
 from pathlib import Path
 
 from tests.integration.conftest import Vmwu
-from tests.test_image_safety import rewrite_unit
+from tests.units import (
+    rewrite_unit,
+)
 from vmwu.errors import ExitCode
 from vmwu.unit.model import FileRole
 from vmwu.unit.reader import OvaReader

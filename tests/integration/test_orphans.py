@@ -19,7 +19,8 @@ import pytest
 from tests.conftest import ROOT
 from tests.integration.conftest import Vmwu
 from tests.integration.sweeps import app_started, markers, sleeper_unit
-from tests.processes import MARK, assert_all_gone, comm, survivors, tree, wait_for
+from tests.processes import MARK, assert_all_gone, cmdline, comm, survivors, tree
+from tests.waits import wait_for
 
 # A host task that tries to get away: a background job, a new session, a process that
 # ignores SIGTERM, an orphan.
@@ -170,7 +171,7 @@ def test_a_vmwu_run_dies_with_its_step_shell(vmwu: Vmwu, process_mark: str) -> N
     qemu = wait_for(lambda: running_guest(runner), 180, "the job's guest")
     shells = [p for p in tree(runner) if comm(p) == "sh"]
     assert len(shells) == 1
-    run = [p for p in tree(shells[0]) if p != shells[0] and b"run" in _argv(p)]
+    run = [p for p in tree(shells[0]) if p != shells[0] and b"run" in cmdline(p)]
     snapshot = {p: t for p, t in tree(shells[0]).items() if p != shells[0]}
     assert qemu in snapshot and run
     os.kill(shells[0], signal.SIGKILL)
@@ -183,13 +184,6 @@ def runner_of(results: Path) -> int | None:
     """The pid of the (one) running job's runner, from its run marker."""
     found = markers(results)
     return int(found[0]["pid"]) if found else None
-
-
-def _argv(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
 
 
 @pytest.mark.skipif(shutil.which("mmdebstrap") is None, reason="needs mmdebstrap")
@@ -211,7 +205,7 @@ def test_kill_9_of_a_base_build_while_mmdebstrap_runs(vmwu: Vmwu, process_mark: 
 
     def bootstrapping() -> bool:
         below = tree(proc.pid)
-        real = [p for p in below if b"--format=tar" in _argv(p)]
+        real = [p for p in below if b"--format=tar" in cmdline(p)]
         return len(real) >= 3 and len(below) >= 6  # the guard, mmdebstrap and its workers
 
     wait_for(bootstrapping, 120, "mmdebstrap's tree")
@@ -249,5 +243,9 @@ def test_kill_9_of_a_base_builder_while_its_qemu_runs(
         text=True,
     )
     qemu = wait_for(lambda: qemus_below(proc.pid), 60, "the builder's QEMU")[0]
-    wait_for(lambda: console.exists() and b"Kernel panic" in console.read_bytes(), 180)
+    wait_for(
+        lambda: console.exists() and b"Kernel panic" in console.read_bytes(),
+        180,
+        "the kernel's panic on the console",
+    )
     assert qemu in kill_9(proc, process_mark)

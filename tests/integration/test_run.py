@@ -14,7 +14,8 @@ import pytest
 
 from tests.integration.conftest import Vmwu
 from tests.integration.sweeps import app_started
-from tests.processes import comm, running, start_time, tree, wait_for
+from tests.processes import comm, running, start_time, tree
+from tests.waits import wait_for
 
 ECHO_ARGS = '#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done > /output/args.txt\n'
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from tests.integration.conftest import Vmwu
 from tests.integration.sweeps import (
     assert_whole_results,
+    jobs_running,
     markers,
     qemu_of,
     running_app,
@@ -19,8 +20,8 @@ from tests.integration.sweeps import (
     sleeper_unit,
     start_sweep,
     summary,
-    wait_for,
 )
+from tests.waits import wait_for
 from vmwu import procstat as procs
 
 
@@ -47,7 +48,7 @@ def test_kill_9_of_the_driver_mid_sweep_then_resume(vmwu: Vmwu) -> None:
     res = vmwu.tmp / "res"
     driver = start_sweep(vmwu, plan, "--results", res, "-j", "2")
     # kill it while some jobs are done and others are running
-    wait_for(lambda: list((res / "jobs").glob("j-*")) and markers(res), message="a job done")
+    wait_for(lambda: list((res / "jobs").glob("j-*")) and markers(res), 120, "a job done")
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     running = {m["job"] for m in markers(res)}
@@ -68,14 +69,14 @@ def test_a_job_whose_node_dies_is_retried(vmwu: Vmwu) -> None:
     plan = sleeper_plan(vmwu.tmp, unit, 2, seconds=seconds)
     res = vmwu.tmp / "res"
     driver = start_sweep(vmwu, plan, "--results", res, "-j", "2")
-    first = wait_for(lambda: len(markers(res)) == 2 and markers(res), message="2 jobs running")
+    first = wait_for(lambda: jobs_running(res, 2), 120, "2 jobs running")
     by_job = {m["job"]: m for m in first}
     crashed, lost = sorted(by_job)
     # 1. the VM dies under vmwu run (exit 245, "VM crashed"): an infrastructure failure
-    qemu = wait_for(lambda: running_app(by_job[crashed]), message="the first job's app")
+    qemu = wait_for(lambda: running_app(by_job[crashed]), 120, "the first job's app")
     os.kill(qemu, signal.SIGKILL)
     # 2. the whole job disappears, as with a node that goes down
-    wait_for(lambda: qemu_of(by_job[lost]), message="QEMU of the second job")
+    wait_for(lambda: qemu_of(by_job[lost]), 120, "QEMU of the second job")
     for pid in [int(by_job[lost]["pid"]), *procs.descendants(int(by_job[lost]["pid"]))]:
         with contextlib.suppress(ProcessLookupError):  # already gone with the runner
             os.kill(pid, signal.SIGKILL)
@@ -94,8 +95,8 @@ def test_cancel_leaves_no_guest_running(vmwu: Vmwu) -> None:
     plan = sleeper_plan(vmwu.tmp, unit, 3, seconds="60")
     res = vmwu.tmp / "res"
     driver = start_sweep(vmwu, plan, "--results", res, "-j", "2")
-    running = wait_for(lambda: len(markers(res)) == 2 and markers(res), message="2 jobs running")
-    qemus = [wait_for(lambda m=m: qemu_of(m), message="QEMU") for m in running]
+    running = wait_for(lambda: jobs_running(res, 2), 120, "2 jobs running")
+    qemus = [wait_for(lambda m=m: qemu_of(m), 120, "QEMU") for m in running]
     stamps = {q: procs.start_time(q) for q in qemus}
     result = vmwu("sweep", "cancel", res, timeout=300)
     assert result.returncode == 0, result.stderr

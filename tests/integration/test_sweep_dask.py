@@ -20,8 +20,8 @@ from tests.integration.sweeps import (
     sleeper_unit,
     start_sweep,
     summary,
-    wait_for,
 )
+from tests.waits import wait_for
 
 
 def test_a_sweep_on_a_dask_local_cluster(vmwu: Vmwu) -> None:
@@ -38,7 +38,7 @@ def test_kill_9_of_a_dask_driver_then_resume(vmwu: Vmwu) -> None:
     plan = sleeper_plan(vmwu.tmp, unit, 3, seconds="3")
     res = vmwu.tmp / "res"
     driver = start_sweep(vmwu, plan, "--executor", "dask", "-j", "2", "--results", res)
-    wait_for(lambda: markers(res), message="a job running")
+    wait_for(lambda: markers(res), 120, "a job running")
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     resumed = vmwu("sweep", "resume", res, timeout=300)

@@ -28,6 +28,7 @@ def mandelbrot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dest
 
 
+@pytest.mark.timeout(900)
 def test_the_mandelbrot_plan_gives_the_native_image(vmwu: Vmwu, mandelbrot_dir: Path) -> None:
     unit = vmwu.tmp / "mandelbrot.ova"
     packed = vmwu("pack", mandelbrot_dir / "vmwu.toml", "-o", unit, "-q")
@@ -64,6 +65,7 @@ def test_the_mandelbrot_plan_gives_the_native_image(vmwu: Vmwu, mandelbrot_dir: 
     assert png.read_bytes() == native_png.read_bytes()
 
 
+@pytest.mark.timeout(1200)
 def test_the_thesis_phaser_plan_runs_with_only_its_launcher_line_changed(vmwu: Vmwu) -> None:
     inputs = vmwu.tmp / "inputs"
     subprocess.run(

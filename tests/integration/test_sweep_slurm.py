@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.budgets import slow_fixture
 from tests.conftest import ROOT
 from tests.integration.conftest import Vmwu
 from tests.integration.sweeps import (
@@ -23,8 +24,8 @@ from tests.integration.sweeps import (
     sleeper_unit,
     start_sweep,
     summary,
-    wait_for,
 )
+from tests.waits import wait_for
 
 SCRIPT = ROOT / "scripts" / "slurm-test-cluster.sh"
 
@@ -44,7 +45,7 @@ def _free_port_pair() -> int:
     raise RuntimeError("no free pair of ports")
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(240, scope="module")  # the cluster's start, below
 def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     directory = tmp_path_factory.mktemp("slurm")
     env = {
@@ -122,7 +123,7 @@ def test_kill_9_of_the_driver_then_resume_reattaches(svmwu: Vmwu) -> None:
     plan = sleeper_plan(svmwu.tmp, unit, 3, seconds="4")
     res = svmwu.tmp / "res"
     driver = start_sweep(svmwu, plan, "--executor", "slurm", "--results", res, env=svmwu.extra_env)
-    wait_for(lambda: markers(res), message="a job running in Slurm")
+    wait_for(lambda: markers(res), 120, "a job running in Slurm")
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     resumed = svmwu("sweep", "resume", res, timeout=300)
@@ -150,7 +151,7 @@ def test_scancel_from_outside_is_recorded_as_cancelled(svmwu: Vmwu) -> None:
                 return str(row[0]) if row and row[0] and "_" in row[0] else None
         return None
 
-    handle = wait_for(long_job, message="the long job running")
+    handle = wait_for(long_job, 120, "the long job running")
     subprocess.run(["scancel", handle], env={**os.environ, **svmwu.extra_env}, check=True)
     assert driver.wait(timeout=300) == 1
     jobs = {j["params"]["n"]: j for j in summary(res)["jobs"]}

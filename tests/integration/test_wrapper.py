@@ -17,15 +17,16 @@ import signal
 import textwrap
 import time
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.conftest import ROOT
 from tests.integration.conftest import Vmwu
+from tests.integration.sweeps import guest_events
 from tests.integration.wrap import Wrap
+from tests.processes import carrying, comm, tree
+from tests.waits import wait_for
 from vmwu.wrapper.checkpoint import CheckpointStore, _checksum
 from vmwu.wrapper.fsutil import digest
 from vmwu.wrapper.wrapper import WrapOptions, Wrapper
@@ -34,14 +35,20 @@ EXAMPLE = ROOT / "examples" / "boinc"
 COUNT = (EXAMPLE / "count.sh").read_text()
 
 
-def wait_for(what: Callable[[], Any], timeout: float = 300.0) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = what()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+def vm_events(wrapper: int) -> Path | None:
+    """The events file of the VM task's QEMU below the wrapper, once it runs."""
+    qemu = next((p for p in tree(wrapper) if comm(p).startswith("qemu-system")), None)
+    return guest_events(qemu) if qemu is not None else None
+
+
+def last_step(events: Path) -> int | None:
+    """The last step the guest reported (0 before the first; None once the file is gone,
+    with its instance)."""
+    try:
+        steps = re.findall(r"step (\d+) of", events.read_text(errors="replace"))
+    except OSError:
+        return None
+    return int(steps[-1]) if steps else 0
 
 
 def console_steps(output: Path) -> list[int]:
@@ -120,13 +127,22 @@ def test_a_unit_task_suspends_and_resumes(vmwu: Vmwu) -> None:
     wrap = Wrap(vmwu, job)
     wrap.start()
     try:
-        wait_for(lambda: wrap.step() >= 2)
+        wait_for(lambda: wrap.step() >= 2, 300, "step 2")
+        assert wrap.proc is not None
+        pid = wrap.proc.pid
+        events = wait_for(lambda: vm_events(pid), 60, "the guest's event file")
         assert wrap.ctl("suspend")["state"] == "suspended"
         assert wrap.ctl("status")["state"] == "suspended"
-        time.sleep(1.5)  # what the guest said before it was paused has been read by now
-        paused_at = wrap.step()
-        time.sleep(2.5)  # more than two steps' worth: a running guest would report them
-        assert wrap.step() == paused_at
+        # the host has read what the guest said before it was paused
+        paused_at = wait_for(
+            lambda: (said := last_step(events)) == wrap.step() and said,
+            60,
+            "the wrapper's status to show the guest's last step",
+        )
+        # No event marks "nothing happened": watch for three steps' worth (one a second),
+        # in which a running guest would have said more.
+        time.sleep(3)
+        assert (last_step(events), wrap.step()) == (paused_at, paused_at), "not paused"
         assert wrap.ctl("resume")["state"] == "running"
         code, err = wrap.wait()
     finally:
@@ -142,7 +158,7 @@ def test_sigterm_checkpoints_and_a_restart_goes_on_from_there(vmwu: Vmwu) -> Non
     wrap = Wrap(vmwu, job)  # default interval (600 s): only the quit checkpoint
     wrap.start()
     try:
-        wait_for(lambda: wrap.step() >= 3)
+        wait_for(lambda: wrap.step() >= 3, 300, "step 3")
         assert wrap.proc is not None
         wrap.proc.send_signal(signal.SIGTERM)
         code, err = wrap.wait()
@@ -173,7 +189,11 @@ def test_kill_9_then_restart_resumes_from_the_last_checkpoint(vmwu: Vmwu) -> Non
     wrap = Wrap(vmwu, job, "--checkpoint-interval", "2")
     wrap.start()
     try:
-        wait_for(lambda: wrap.status().get("last_checkpoint") and wrap.step() >= 5)
+        wait_for(
+            lambda: wrap.status().get("last_checkpoint") and wrap.step() >= 5,
+            300,
+            "a checkpoint and step 5",
+        )
         inst = json.loads((wrap.slot / "wrapper_checkpoint.json").read_text())["instance_dir"]
         assert wrap.proc is not None
         wrap.proc.send_signal(signal.SIGKILL)
@@ -186,7 +206,7 @@ def test_kill_9_then_restart_resumes_from_the_last_checkpoint(vmwu: Vmwu) -> Non
     cpu_before = status["cpu_time"]
     killed_at = wrap.step()
     # QEMU died with the wrapper (PR_SET_PDEATHSIG): no VM runs on unsupervised
-    wait_for(lambda: not _qemu_running(inst), timeout=30)
+    wait_for(lambda: not carrying(inst), 30, "the task's QEMU to end")
     result = wrap.run()
     assert result.returncode == 0, result.stderr
     restored = re.search(r"restored VM task 1 from checkpoint (ck-\d+)", result.stderr)
@@ -198,24 +218,16 @@ def test_kill_9_then_restart_resumes_from_the_last_checkpoint(vmwu: Vmwu) -> Non
     assert not Path(inst).exists()  # the killed run's instance directory was cleaned up
 
 
-def _qemu_running(inst: str) -> bool:
-    for proc in Path("/proc").iterdir():
-        try:
-            if inst.encode() in (proc / "cmdline").read_bytes():
-                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                if state != "Z":
-                    return True
-        except OSError:
-            continue
-    return False
-
-
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous(vmwu: Vmwu) -> None:
     job = counting_job(vmwu, 16)
     wrap = Wrap(vmwu, job, "--checkpoint-interval", "1.5")
     wrap.start()
     try:
-        wait_for(lambda: (wrap.status().get("checkpoint") or {}).get("name") == "ck-000002")
+        wait_for(
+            lambda: (wrap.status().get("checkpoint") or {}).get("name") == "ck-000002",
+            300,
+            "the second checkpoint",
+        )
         assert wrap.ctl("quit")["state"] == "temporary-exit"
         code, err = wrap.wait()
     finally:
@@ -245,7 +257,7 @@ def test_a_checkpoint_that_will_not_load_means_starting_the_task_afresh(vmwu: Vm
     wrap = Wrap(vmwu, job)
     wrap.start()
     try:
-        wait_for(lambda: wrap.step() >= 2)
+        wait_for(lambda: wrap.step() >= 2, 300, "step 2")
         assert wrap.ctl("quit")["state"] == "temporary-exit"
         code, err = wrap.wait()
     finally:

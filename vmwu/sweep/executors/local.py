@@ -23,7 +23,7 @@ from pathlib import Path
 from vmwu import procstat as procs
 from vmwu.errors import VmwuError
 from vmwu.sweep.executors import Context, Executor, Observed, Phase, Submission
-from vmwu.sweep.layout import read_json
+from vmwu.sweep.layout import Layout, read_json
 
 
 def parse_handle(handle: str) -> tuple[int, int | None]:
@@ -38,14 +38,20 @@ def make_handle(pid: int) -> str:
 
 def find_exec_jobs(results: Path, subs: Sequence[Submission]) -> dict[str, str]:
     """Handles of these attempts' runners that are alive on this machine: from their run
-    markers, else from ``vmwu sweep exec-job`` command lines in /proc."""
+    markers, else (before the runner has written its marker) by what every runner started
+    by an executor is: the leader of a session of its own whose standard output is the
+    attempt's log. That holds for a runner forked by this executor (whose command line is
+    the driver's) and for a ``vmwu sweep exec-job`` that the Dask executor starts."""
     found: dict[str, str] = {}
-    wanted: dict[tuple[str, str], str] = {}
+    wanted: dict[tuple[int, int], str] = {}  # the log's (st_dev, st_ino) -> job
+    layout = Layout(results)
     for sub in subs:
         try:
-            marker = read_json(results / "run" / f"{sub.job_id}.a{sub.attempt}.json")
+            marker = read_json(layout.marker(sub.job_id, sub.attempt))
         except (OSError, ValueError):
-            wanted[(sub.job_id, str(sub.attempt))] = sub.job_id
+            with contextlib.suppress(OSError):  # no log: the runner was never started
+                log = os.stat(layout.log(sub.job_id, sub.attempt))
+                wanted[(log.st_dev, log.st_ino)] = sub.job_id
             continue
         pid, start = int(marker["pid"]), marker.get("pid_start")
         if marker.get("host") == os.uname().nodename and procs.alive(pid, start):
@@ -56,18 +62,14 @@ def find_exec_jobs(results: Path, subs: Sequence[Submission]) -> dict[str, str]:
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                argv = fh.read().decode(errors="replace").split("\0")
+            if os.getsid(int(entry)) != int(entry):
+                continue
+            out = os.stat(f"/proc/{entry}/fd/1")  # the file itself, even if renamed
         except OSError:
             continue
-        if "exec-job" not in argv:
-            continue
-        i = argv.index("exec-job")
-        rest = argv[i + 1 : i + 5]
-        if len(rest) == 4 and rest[2] == "--attempt" and Path(rest[0]) == results:
-            job = wanted.get((rest[1], rest[3]))
-            if job is not None and procs.alive(int(entry), None):
-                found[job] = make_handle(int(entry))
+        job = wanted.get((out.st_dev, out.st_ino))
+        if job is not None and procs.alive(int(entry), None):
+            found[job] = make_handle(int(entry))
     return found
 
 
