@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.waits import wait_for
-from vmwu.sweep import procs
+from vmwu import procstat as procs
 from vmwu.sweep.executors import Context, Submission
 from vmwu.sweep.executors.local import LocalExecutor, find_exec_jobs, parse_handle
 from vmwu.sweep.experiment import SweepOptions, create

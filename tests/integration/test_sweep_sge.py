@@ -27,8 +27,8 @@ from tests.integration.sweeps import (
     sleeper_unit,
     start_sweep,
     summary,
-    wait_for,
 )
+from tests.waits import wait_for
 from vmwu.sweep.executors.sge import Record, parse_qacct, parse_qstat_xml
 
 SCRIPT = ROOT / "scripts" / "sge-test-cluster.sh"
