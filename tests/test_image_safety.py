@@ -45,6 +45,7 @@ from vmwu.digest import file_sha256
 from vmwu.errors import ExitCode, UnitError
 from vmwu.images import ext4, inspect, qemu_img
 from vmwu.run import resolve
+from vmwu.unit.archive import write_ova
 from vmwu.unit.model import FileRole
 from vmwu.unit.reader import OvaReader
 
@@ -480,3 +481,28 @@ def test_a_warm_run_does_not_import_the_inspector(tmp_path: Path) -> None:
 
     assert "oslo_utils.imageutils.format_inspector" in imports("o1")
     assert "oslo_utils" not in imports("o2")
+
+
+def test_a_unit_asking_for_more_memory_than_the_node_has_is_refused(
+    unit_home: Packed, tmp_path: Path
+) -> None:
+    # A unit from elsewhere declaring 1 PiB of guest memory: QEMU maps it lazily and the
+    # guest could fill the node's memory; refused before anything starts.
+    with OvaReader(unit_home.unit) as reader:
+        desc = reader.descriptor
+        members: dict[str, Path] = {}
+        for f in desc.files:
+            if f.embedded:
+                members[f.href] = tmp_path / f"src-{f.href}"
+                reader.extract(f.href, members[f.href])
+    evil = tmp_path / "greedy.ova"
+    write_ova(evil, dataclasses.replace(desc, memory_mib=2**30), members)
+    home = unit_home.home.at(tmp_path)
+    result = home("run", evil, "--quiet", "--output-directory", tmp_path / "out")
+    line = one_error_line(result, BAD_INPUT, "greedy.ova asks for 1073741824 MiB", "--vmm-memory")
+    assert "more than this node's" in line
+    # the user's own --vmm-memory is trusted as given
+    result = home(
+        "run", evil, "--quiet", "--vmm-memory", "64", "--output-directory", tmp_path / "out2"
+    )
+    assert "asks for" not in result.stderr

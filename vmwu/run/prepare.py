@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmwu.cache import NodeCache
-from vmwu.errors import BadInput
+from vmwu.errors import BadInput, UnitError
 from vmwu.guest import protocol
 from vmwu.guest.protocol import Label
 from vmwu.images import qemu_img
@@ -360,12 +360,38 @@ class Prepared:
             shutil.rmtree(self.inst, ignore_errors=True)
 
 
+def host_memory_mib() -> int | None:
+    """The node's RAM (MemTotal), or None where /proc/meminfo cannot say."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_unit_memory(memory_mib: int, unit: Path) -> None:
+    """Refuse a unit that asks for more guest memory than the node has: QEMU would map it
+    lazily, and a guest from elsewhere could then fill it and drive the node into swap or
+    the OOM killer. The user's own ``--memory`` is trusted as given."""
+    total = host_memory_mib()
+    if total is not None and memory_mib > total:
+        raise UnitError(
+            f"{unit} asks for {memory_mib} MiB of guest memory, more than this node's {total} MiB",
+            hint="run it on a node with more memory, or give the guest less with --vmm-memory MiB",
+        )
+
+
 def prepare(opts: RunOptions, *, check_output: bool = True) -> Prepared:
     """Check ``opts``, resolve the unit's files and prepare an instance directory."""
     check_inputs(opts)
     cache = NodeCache(opts.cache_dir)
     with OvaReader(opts.unit) as reader:
         desc = reader.descriptor
+        if opts.vmm_memory is None:
+            check_unit_memory(desc.memory_mib, opts.unit)
         out_dir = (opts.output_directory or default_output_dir(desc.name)).absolute()
         if check_output:
             check_output_dir(out_dir)
