@@ -187,6 +187,13 @@ def _is_temp(name: str) -> bool:
     return name.startswith((".", "vmwu-"))
 
 
+def _stamp(fd: int) -> None:
+    """Set the file's mtime to now, to the nanosecond (``utime(None)`` takes the kernel's
+    coarse clock: two uses a few milliseconds apart would look simultaneous)."""
+    now = time.time_ns()
+    os.utime(fd, ns=(now, now))
+
+
 def _allocated(path: Path) -> int:
     try:
         st = os.lstat(path)
@@ -303,11 +310,11 @@ class NodeCache:
         fd = _flock(use, fcntl.LOCK_SH)
         assert fd is not None
         try:
-            os.utime(fd)
+            _stamp(fd)
             yield
         finally:
             with contextlib.suppress(OSError):
-                os.utime(fd)
+                _stamp(fd)
             os.close(fd)
 
     def hold(self, path: Path) -> None:
