@@ -171,6 +171,17 @@ def test_lru_order_follows_use_not_insertion(tmp_path: Path) -> None:
     assert groups(cache) == ["a" * 64, "b" * 64, "c" * 64]
 
 
+def test_entries_released_together_go_smallest_first(tmp_path: Path) -> None:
+    cache = NodeCache(tmp_path / "c", limit=None)
+    big, small = insert(cache, "a" * 64, 4 * SIZE), insert(cache, "b" * 64)
+    user = NodeCache(cache.root)
+    user.hold(big)
+    user.hold(small)
+    user.release_holds()  # one instance's entries: used until the same moment
+    assert groups(cache) == ["b" * 64, "a" * 64]
+    assert len({e.last_use for e in cache.entries()}) == 1
+
+
 def test_insertion_at_the_limit_evicts_the_least_recently_used(tmp_path: Path) -> None:
     cache = NodeCache(tmp_path / "c", limit=3 * SIZE)
     a, b, c = (insert(cache, k * 64) for k in "abc")

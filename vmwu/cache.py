@@ -158,14 +158,13 @@ def _flock(path: Path, how: int, *, create: bool = True) -> int | None:
     file that is no longer at ``path`` is dropped and taken again on the new one."""
     flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
     while True:
-        if create:
-            path.parent.mkdir(parents=True, exist_ok=True)
         try:
             fd = os.open(path, flags, 0o644)
         except FileNotFoundError:
             if not create:
                 return None
-            continue  # its directory was removed meanwhile
+            path.parent.mkdir(parents=True, exist_ok=True)  # the first lock of its kind
+            continue
         try:
             fcntl.flock(fd, how)
         except BlockingIOError:
@@ -187,10 +186,11 @@ def _is_temp(name: str) -> bool:
     return name.startswith((".", "vmwu-"))
 
 
-def _stamp(fd: int) -> None:
-    """Set the file's mtime to now, to the nanosecond (``utime(None)`` takes the kernel's
-    coarse clock: two uses a few milliseconds apart would look simultaneous)."""
-    now = time.time_ns()
+def _stamp(fd: int, when_ns: int | None = None) -> None:
+    """Set the file's mtime to now (or ``when_ns``), to the nanosecond (``utime(None)``
+    takes the kernel's coarse clock: uses a few milliseconds apart would look
+    simultaneous)."""
+    now = time.time_ns() if when_ns is None else when_ns
     os.utime(fd, ns=(now, now))
 
 
@@ -246,6 +246,7 @@ class NodeCache:
         # None: as configured; a text: as --cache-limit says ("none": unlimited)
         self.limit = limit if isinstance(limit, int) else limit_from(limit)
         self._holds = contextlib.ExitStack()
+        self._released_ns: int | None = None
 
     def _dir(self, name: str) -> Path:
         d = self.root / name
@@ -314,7 +315,7 @@ class NodeCache:
             yield
         finally:
             with contextlib.suppress(OSError):
-                _stamp(fd)
+                _stamp(fd, self._released_ns)
             os.close(fd)
 
     def hold(self, path: Path) -> None:
@@ -323,7 +324,13 @@ class NodeCache:
         self._holds.enter_context(self.in_use(path))
 
     def release_holds(self) -> None:
-        self._holds.close()
+        """Drop every hold, all marked used at the same moment: entries used together
+        are equally recent (and then the smaller goes first, see :meth:`entries`)."""
+        self._released_ns = time.time_ns()
+        try:
+            self._holds.close()
+        finally:
+            self._released_ns = None
 
     def is_in_use(self, entry: Entry) -> bool:
         """Whether someone holds ``entry`` in use now (a probe: may change at once)."""
@@ -388,8 +395,8 @@ class NodeCache:
     # -- accounting and eviction -----------------------------------------------------------
 
     def entries(self, *, instances: bool = False) -> list[Entry]:
-        """Every entry, least recently used first (``instances``: with the instance
-        directories)."""
+        """Every entry, in the order eviction takes them (``instances``: with the
+        instance directories)."""
         groups: dict[str, list[Path]] = {}
         if not self.root.is_dir():
             return []
@@ -413,7 +420,9 @@ class NodeCache:
                 last = max(_newest_mtime(p) for p in members)
             size = sum(_allocated(p) for p in members)
             found.append(Entry(group, tuple(members), size, last))
-        found.sort(key=lambda e: (e.last_use, e.group))
+        # least recently used first; of entries last used together (one instance's), the
+        # smaller first: what is larger costs more to make again (a saved guest, a base)
+        found.sort(key=lambda e: (e.last_use, e.size, e.group))
         return found
 
     def size(self) -> int:
