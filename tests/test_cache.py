@@ -6,6 +6,7 @@ running instances hold them; nothing here stands in for the locks."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -397,3 +398,55 @@ def test_concurrent_inserts_of_one_entry_fill_it_once(tmp_path: Path) -> None:
         paths = set(pool.map(_fill_counting, [str(root)] * 8, ["e" * 64] * 8, [str(log)] * 8))
     assert len(paths) == 1
     assert len(log.read_text().splitlines()) == 1
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+def test_vmwu_cache_commands(tmp_path: Path) -> None:
+    from tests.conftest import run_vmwu
+
+    root = tmp_path / "c"
+    cache = NodeCache(root, limit=None)
+    a, b = insert(cache, "a" * 64), insert(cache, "b" * 64, 2 * SIZE)
+    env = {"VMWU_CACHE_DIR": str(root), "VMWU_CACHE_LIMIT": "none"}
+
+    shown = run_vmwu("cache", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith(f"{root}  192.0 KiB  (no limit)")
+    assert "blob" in shown.stdout and "a" * 20 in shown.stdout
+
+    nothing = run_vmwu("cache", "trim", env=env)
+    assert "no cache limit set" in nothing.stdout and a.exists() and b.exists()
+
+    with held_elsewhere(cache, b):
+        info = run_vmwu("cache", "info", "--json", "--cache-limit", "100K", env=env)
+        report = json.loads(info.stdout)
+        assert report["limit"] == 100 * KIB and report["bytes"] == 3 * SIZE
+        assert [(e["entry"], e["in_use"]) for e in report["entries"]] == [
+            ("b" * 64, True),
+            ("a" * 64, False),
+        ]
+        trimmed = run_vmwu("cache", "trim", "--cache-limit", "100K", env=env)
+        assert trimmed.returncode == 0, trimmed.stderr
+        assert "trim removed 1 entries (64.0 KiB), now 128.0 KiB" in trimmed.stdout
+        assert "kept 1 entries in use" in trimmed.stdout
+        assert not a.exists() and b.exists()
+        cleaned = run_vmwu("cache", "clean", env=env)
+        assert "clean removed 0 entries" in cleaned.stdout and b.exists()
+    cleaned = run_vmwu("cache", "clean", env=env)
+    assert "clean removed 1 entries (128.0 KiB), now 0 B" in cleaned.stdout
+    assert not b.exists()
+
+    bad = run_vmwu("cache", "trim", env={**env, "VMWU_CACHE_LIMIT": "lots"})
+    assert bad.returncode == 241
+    assert "VMWU_CACHE_LIMIT: bad cache limit" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_sweep_refuses_a_bad_cache_limit(tmp_path: Path) -> None:
+    from tests.conftest import run_vmwu
+
+    bad = run_vmwu("sweep", tmp_path / "p.plan", "--cache-limit", "20 G B", cwd=tmp_path)
+    assert bad.returncode == 241
+    assert "--cache-limit: bad cache limit" in bad.stderr
