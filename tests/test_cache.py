@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from tests.waits import wait_for
 from vmwu.cache import Entry, NodeCache, limit_from, parse_limit
-from vmwu.errors import BadInput
+from vmwu.errors import BadInput, HostDiskFull
 from vmwu.run.options import parse_run_args
 
 KIB = 1024
@@ -450,3 +450,40 @@ def test_sweep_refuses_a_bad_cache_limit(tmp_path: Path) -> None:
     bad = run_vmwu("sweep", tmp_path / "p.plan", "--cache-limit", "20 G B", cwd=tmp_path)
     assert bad.returncode == 241
     assert "--cache-limit: bad cache limit" in bad.stderr
+
+
+# -- a full file system --------------------------------------------------------------------
+
+
+def test_a_full_file_system_evicts_idle_entries_and_retries(tmp_path: Path) -> None:
+    """No limit set (the default): a fill that finds the disk full makes room from what is
+    idle, least recently used first, and tries again; what is in use stays."""
+    import errno
+
+    cache = NodeCache(tmp_path / "c", limit=None)
+    old, newer, held = (insert(cache, k * 64) for k in "abc")
+    attempts: list[bool] = []
+
+    def fill(tmp: Path) -> None:  # the disk has room only once `old` is gone
+        attempts.append(old.exists())
+        if old.exists():
+            tmp.write_bytes(b"x" * 100)  # partly written, as a full disk leaves it
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        tmp.write_bytes(os.urandom(SIZE))
+
+    with held_elsewhere(cache, old), held_elsewhere(cache, newer), held_elsewhere(cache, held):
+        with pytest.raises(HostDiskFull):  # all in use: nothing can make room
+            cache.ensure_blob("d" * 64, fill)
+    assert attempts == [True]
+    assert old.exists() and newer.exists() and held.exists()
+    assert not (cache.root / "blobs" / ("d" * 64)).exists()
+
+    attempts.clear()
+    with cache.in_use(newer):
+        pass  # `old` is now the least recently used of the idle ones
+    with held_elsewhere(cache, held):
+        got = cache.ensure_blob("d" * 64, fill)
+    assert attempts == [True, False]
+    assert got.stat().st_size == SIZE
+    assert not old.exists() and newer.exists() and held.exists()
+    assert not list((cache.root / "tmp").iterdir())

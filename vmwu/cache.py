@@ -351,22 +351,55 @@ class NodeCache:
                 if final.exists():  # another process filled it while we waited
                     return final
                 self.clean_tmp()  # leftovers of fillers that crashed (kill -9, power loss)
-                tmp = self._dir("tmp") / f"{key}.{os.getpid()}.{secrets.token_hex(4)}"
-                try:
-                    fill(tmp)
-                    with open(tmp, "rb") as fh:
-                        os.fsync(fh.fileno())
-                    os.chmod(tmp, 0o444)
-                    self._insert(tmp, final)
-                except OSError as exc:
-                    tmp.unlink(missing_ok=True)
-                    if is_disk_full(exc):
-                        raise HostDiskFull(str(self.root)) from exc
-                    raise
-                except BaseException:
-                    tmp.unlink(missing_ok=True)
-                    raise
-        return final
+                while True:
+                    try:
+                        self._fill(key, final, fill)
+                        return final
+                    except HostDiskFull:
+                        # the file system is full: make room from what is idle, retry
+                        if not self._evict_for_space():
+                            raise
+
+    def _fill(self, key: str, final: Path, fill: Filler) -> None:
+        tmp = self._dir("tmp") / f"{key}.{os.getpid()}.{secrets.token_hex(4)}"
+        try:
+            fill(tmp)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o444)
+            self._insert(tmp, final)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if is_disk_full(exc):
+                raise HostDiskFull(str(self.root)) from exc
+            raise
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _evict_for_space(self) -> bool:
+        """On a full file system: evict the least recently used half (by size) of the
+        idle entries, at least one; False when none could be evicted. A filler retries
+        after each, so a full disk costs at most a few fills more than it needs."""
+        with self._evicting():
+            entries = self.entries()
+            idle = [e for e in entries if not self.is_in_use(e)]
+            goal = sum(e.size for e in idle) // 2
+            freed, removed = 0, 0
+            for entry in idle:
+                if removed and freed >= goal:
+                    break
+                if self._remove_if_idle(entry):
+                    freed += entry.size
+                    removed += 1
+        if removed:
+            log.warning(
+                "node cache %s: the file system is full; evicted %d idle entries (%s)",
+                self.root,
+                removed,
+                format_size(freed),
+            )
+        return removed > 0
 
     def _insert(self, tmp: Path, final: Path) -> None:
         """Rename ``tmp`` to ``final``, first making room for it under the limit."""
