@@ -22,7 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.waits import wait_for
-from vmwu.cache import Entry, NodeCache, limit_from, parse_limit
+from vmwu.cache import Entry, Filler, NodeCache, limit_from, parse_limit
 from vmwu.errors import BadInput, HostDiskFull
 from vmwu.run.options import parse_run_args
 
@@ -30,7 +30,7 @@ KIB = 1024
 SIZE = 64 * KIB  # every test entry: 64 KiB of real (non-sparse) data
 
 
-def _filler(size: int = SIZE) -> object:
+def _filler(size: int = SIZE) -> Filler:
     def fill(tmp: Path) -> None:
         tmp.write_bytes(os.urandom(size))
 
@@ -38,7 +38,7 @@ def _filler(size: int = SIZE) -> object:
 
 
 def insert(cache: NodeCache, key: str, size: int = SIZE) -> Path:
-    return cache.ensure_blob(key, _filler(size))  # type: ignore[arg-type]
+    return cache.ensure_blob(key, _filler(size))
 
 
 def groups(cache: NodeCache) -> list[str]:
@@ -130,7 +130,7 @@ def test_size_counts_what_entries_take_on_disk(tmp_path: Path) -> None:
     insert(cache, "a" * 64)
     insert(cache, "b" * 64, 3 * SIZE)
     # what is derived from a blob belongs to its entry
-    cache.ensure_derived("a" * 64 + ".vmlinux", _filler(2 * SIZE))  # type: ignore[arg-type]
+    cache.ensure_derived("a" * 64 + ".vmlinux", _filler(2 * SIZE))
     sizes = {e.group: e.size for e in cache.entries()}
     assert sizes == {"a" * 64: 3 * SIZE, "b" * 64: 3 * SIZE}
     du = subprocess.run(
@@ -200,7 +200,7 @@ def test_insertion_at_the_limit_evicts_the_least_recently_used(tmp_path: Path) -
 def test_eviction_removes_the_whole_entry_and_its_lock_files(tmp_path: Path) -> None:
     cache = NodeCache(tmp_path / "c", limit=None)
     a = insert(cache, "a" * 64)
-    cache.ensure_derived("a" * 64 + ".vmlinux", _filler())  # type: ignore[arg-type]
+    cache.ensure_derived("a" * 64 + ".vmlinux", _filler())
     (cache.root / "derived" / ("a" * 64 + ".inspect.json")).write_text("{}")
     insert(cache, "b" * 64)
     done = cache.trim(SIZE)
@@ -271,7 +271,7 @@ def test_an_entry_in_use_by_another_thread_is_not_evicted(tmp_path: Path) -> Non
 def test_clean_keeps_what_is_in_use_and_removes_the_rest(tmp_path: Path) -> None:
     cache = NodeCache(tmp_path / "c", limit=None)
     a = insert(cache, "a" * 64)
-    state = cache.ensure_derived("warm-1234.state", _filler())  # type: ignore[arg-type]
+    state = cache.ensure_derived("warm-1234.state", _filler())
     insert(cache, "b" * 64)
     (cache.root / "downloads").mkdir()
     (cache.root / "downloads" / "k.deb").write_bytes(b"deb")
