@@ -487,3 +487,44 @@ def test_a_full_file_system_evicts_idle_entries_and_retries(tmp_path: Path) -> N
     assert got.stat().st_size == SIZE
     assert not old.exists() and newer.exists() and held.exists()
     assert not list((cache.root / "tmp").iterdir())
+
+
+def _use_repeatedly(root: str, keys: list[str], rounds: int) -> int:
+    """Hold each entry, fill it if it is gone, and check that it stays whole while held;
+    returns how many times an entry had to be filled again."""
+    import hashlib
+
+    cache = NodeCache(Path(root), limit=3 * SIZE)
+    refills = 0
+    for _ in range(rounds):
+        for key in keys:
+            path = cache.blob_path(key)
+            with cache.in_use(path):
+
+                def fill(tmp: Path, key: str = key) -> None:
+                    tmp.write_bytes(hashlib.sha256(key.encode()).digest() * (SIZE // 32))
+
+                refills += not path.exists()
+                got = cache.ensure_blob(key, fill)
+                data = got.read_bytes()
+                assert data == hashlib.sha256(key.encode()).digest() * (SIZE // 32)
+                assert got.exists(), "an entry vanished while held"
+    return refills
+
+
+def _clean_repeatedly(root: str, rounds: int) -> int:
+    cache = NodeCache(Path(root), limit=None)
+    return sum(len(cache.clean().removed) + len(cache.trim(SIZE).removed) for _ in range(rounds))
+
+
+def test_entries_held_by_users_survive_concurrent_cleans_and_evictions(tmp_path: Path) -> None:
+    root = str(tmp_path / "c")
+    keys = [[f"{w}{i:063x}" for i in range(4)] for w in range(3)]
+    with ProcessPoolExecutor(4) as pool:
+        users = [pool.submit(_use_repeatedly, root, k, 15) for k in keys]
+        cleaner = pool.submit(_clean_repeatedly, root, 40)
+        refills = sum(u.result(timeout=120) for u in users)
+        removed = cleaner.result(timeout=120)
+    # the cleaner and the limit did remove entries, and every user got them back whole
+    assert removed > 0 and refills > len(keys) * 4
+    assert not list((tmp_path / "c" / "tmp").iterdir())
