@@ -528,3 +528,33 @@ def test_entries_held_by_users_survive_concurrent_cleans_and_evictions(tmp_path:
     # the cleaner and the limit did remove entries, and every user got them back whole
     assert removed > 0 and refills > len(keys) * 4
     assert not list((tmp_path / "c" / "tmp").iterdir())
+
+
+def test_a_layer_that_pack_reuses_is_held_until_released(tmp_path: Path) -> None:
+    """`vmwu pack` with guest-packages holds the cached layer until the unit is written."""
+    from vmwu.bases.catalog import BaseFile, BaseImage
+    from vmwu.pack.layer import build_layer, layer_key
+
+    base_dir = tmp_path / "base"
+    (base_dir / "trusted.gpg.d").mkdir(parents=True)
+    for name in ("dpkg-status", "sources.list"):
+        (base_dir / name).write_text("")
+    (base_dir / "debian.json").write_text("{}")
+    disk = BaseFile("base-disk", base_dir / "root.qcow2", "d" * 64, 1, "qcow2")
+    base = BaseImage(
+        name="deb",
+        location=str(base_dir),
+        architecture="x86_64",
+        guest_os="linux",
+        sha256="e" * 64,
+        files=(disk,),
+    )
+    cache = NodeCache(tmp_path / "c", limit=None)
+    layer = cache.ensure_derived(layer_key(base, ["g++"]), _filler())
+    got = build_layer(base, ["g++"], cache=cache)
+    assert got == layer
+    entry = next(e for e in cache.entries() if e.group.startswith("layer-"))
+    assert cache.is_in_use(entry) and not NodeCache(cache.root).clean().removed
+    cache.release_holds()
+    assert not cache.is_in_use(entry)
+    assert [e.group for e in NodeCache(cache.root).clean().removed] == [entry.group]
