@@ -523,11 +523,15 @@ class NodeCache:
         if fd is None:
             return False
         try:
-            if lru and stamped and os.fstat(fd).st_mtime > entry.last_use:
+            used_since = stamped and os.fstat(fd).st_mtime > entry.last_use
+            if lru and used_since:
                 return False
-            for member in self._members(entry):
+            # Whoever adds a file to an entry holds it: unused since the scan, the scan's
+            # list is whole; else look again.
+            members = self._members(entry) if used_since else list(entry.paths)
+            for member in members:
                 _remove(member)
-            self._drop_fill_locks(entry.group)
+            self._drop_fill_locks(entry, members)
             use.unlink(missing_ok=True)  # while locked: a waiter re-takes a new file
             log.info("node cache: removed %s (%s)", entry.group, format_size(entry.size))
             return True
@@ -549,11 +553,13 @@ class NodeCache:
                 ]
         return members
 
-    def _drop_fill_locks(self, group: str) -> None:
-        locks = self.root / "locks"
-        if "/" in group or group in WHOLE or not locks.is_dir():
+    def _drop_fill_locks(self, entry: Entry, members: list[Path]) -> None:
+        """The fill locks of a removed entry's files (``locks/<file name>.lock``), where
+        no filler holds them."""
+        if "/" in entry.group or entry.group in WHOLE:
             return
-        for lock in (locks / f"{group}.lock", *locks.glob(f"{group}.*.lock")):
+        for name in {entry.group, *(m.name for m in members)}:
+            lock = self.root / "locks" / f"{name}.lock"
             fd = _flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB, create=False)
             if fd is not None:
                 lock.unlink(missing_ok=True)
