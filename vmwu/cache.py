@@ -441,7 +441,11 @@ class NodeCache:
             if top.name in WHOLE:
                 groups[top.name] = [top]
                 continue
-            for child in sorted(top.iterdir()):
+            try:
+                children = sorted(top.iterdir())
+            except FileNotFoundError:  # removed meanwhile
+                continue
+            for child in children:
                 if _is_temp(child.name):  # a filler's temp file
                     continue
                 groups.setdefault(self.group(child), []).append(child)
