@@ -558,3 +558,23 @@ def test_a_layer_that_pack_reuses_is_held_until_released(tmp_path: Path) -> None
     cache.release_holds()
     assert not cache.is_in_use(entry)
     assert [e.group for e in NodeCache(cache.root).clean().removed] == [entry.group]
+
+
+def test_sweep_passes_its_cache_limit_to_the_jobs(tmp_path: Path) -> None:
+    from tests.conftest import run_vmwu
+
+    plan = tmp_path / "t.plan"
+    plan.write_text(
+        "parameter n integer range from 1 to 2 step 1\n"
+        "task main\n"
+        "    node:execute printf '%s\\n' \"$VMWU_CACHE_LIMIT\" > limit.txt\n"
+        "    copy node:limit.txt limit_${jobindex}.txt\n"
+        "endtask\n"
+    )
+    env = {"VMWU_CACHE_LIMIT": "5G"}
+    done = run_vmwu(
+        "sweep", plan, "--results", "res", "--cache-limit", "20G", "-q", cwd=tmp_path, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    for i in (1, 2):
+        assert (tmp_path / "res" / f"limit_{i}.txt").read_text() == "20G\n"
