@@ -119,7 +119,6 @@ class Entry:
             return self.group.split("/", 1)[0].rstrip("s")
         if self.group in WHOLE:
             return "packages"
-        names = [p.name for p in self.paths]
         if self.group.startswith("warm-"):
             return "saved-guest"
         if self.group.startswith("layer-"):
@@ -128,7 +127,7 @@ class Entry:
             return "record"
         if any(p.parent.name == "blobs" for p in self.paths):
             return "blob"
-        return "derived" if names else "empty"
+        return "derived"
 
 
 @dataclass
