@@ -578,3 +578,23 @@ def test_sweep_passes_its_cache_limit_to_the_jobs(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     for i in (1, 2):
         assert (tmp_path / "res" / f"limit_{i}.txt").read_text() == "20G\n"
+
+
+def test_holders_learn_that_the_cache_is_over_its_limit_by_what_they_hold(
+    tmp_path: Path,
+) -> None:
+    import time
+
+    cache = NodeCache(tmp_path / "c", limit=2 * SIZE)
+    before = time.time()
+    a = insert(cache, "a" * 64)
+    insert(cache, "b" * 64)
+    assert not cache.pressure_since(before)  # at the limit, not over it
+    with held_elsewhere(cache, a):
+        insert(cache, "c" * 64)  # b goes: fits again
+        assert not cache.pressure_since(before)
+        with cache.in_use(cache.blob_path("c" * 64)):
+            insert(cache, "d" * 64)  # a and c in use: over the limit
+            assert cache.pressure_since(before)
+    later = time.time()
+    assert not cache.pressure_since(later)

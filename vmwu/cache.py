@@ -7,6 +7,8 @@ Layout under the cache root (``paths.cache_dir()``)::
                             saved guests (warm-<key>.state and what goes with it), layers
     locks/<key>.lock        one flock per entry being filled
     locks/use/<entry>.use   one flock per entry in use; its mtime is the entry's last use
+    locks/pressure          touched when eviction found the cache over its limit by what is
+                            in use (pools check it: :meth:`NodeCache.pressure_since`)
     tmp/                    entries being written (same file system, renamed when done)
     instances/<id>/         one directory per running instance (overlays, ISO, logs)
     downloads/, apt/        the package caches of ``vmwu base build``
@@ -77,6 +79,8 @@ INSTANCES = "instances"
 # Temp files of fillers that crashed (dot-files beside entries, tmp/) go after this long.
 STALE_TMP = 3600.0
 UNLIMITED_WORDS = ("none", "unlimited", "off")
+# Touched when an eviction could not bring the cache under its limit (entries in use).
+PRESSURE = "pressure"
 
 
 def parse_limit(text: str | int) -> int | None:
@@ -191,6 +195,11 @@ def _stamp(fd: int, when_ns: int | None = None) -> None:
     simultaneous)."""
     now = time.time_ns() if when_ns is None else when_ns
     os.utime(fd, ns=(now, now))
+
+
+def _stamp_path(path: Path) -> None:
+    now = time.time_ns()
+    os.utime(path, ns=(now, now))
 
 
 def _allocated(path: Path) -> int:
@@ -497,7 +506,23 @@ class NodeCache:
             else:
                 done.in_use.append(entry)
         done.size_after = total
+        if total + extra > limit:
+            # over the limit by what is in use: tell holders that can let go (pools)
+            with contextlib.suppress(OSError):
+                pressure = self._dir("locks") / PRESSURE
+                pressure.touch()
+                _stamp_path(pressure)
         return done
+
+    def pressure_since(self, when: float) -> bool:
+        """Whether an eviction since ``when`` (``time.time()``) found the cache over its
+        limit by what is in use. A holder that can give entries up (a pool keeping ready
+        VMs of a saved guest nobody asked for lately) checks this and lets them go, so
+        that they become idle and evictable like the rest."""
+        try:
+            return (self.root / "locks" / PRESSURE).stat().st_mtime > when
+        except OSError:
+            return False
 
     def clean(self) -> Removal:
         """Remove every idle entry, the directories of instances that no longer run
