@@ -487,6 +487,8 @@ class NodeCache:
         """Remove idle entries, least recently used first, until the cache fits ``limit``
         (default: its own; nothing to do when unlimited)."""
         limit = self.limit if limit is None else limit
+        if not self.root.is_dir():
+            return Removal()
         with self._evicting():
             if limit is None:
                 size = self.size()
@@ -528,6 +530,8 @@ class NodeCache:
         """Remove every idle entry, the directories of instances that no longer run
         (crashed, or kept with --keep) and the temp files of crashed fillers. Safe while
         instances run: what they use is kept."""
+        if not self.root.is_dir():
+            return Removal()
         with self._evicting():
             entries = self.entries(instances=True)
             total = sum(e.size for e in entries)
