@@ -328,7 +328,8 @@ class NodeCache:
 
     def hold(self, path: Path) -> None:
         """Hold the entry of ``path`` in use until :meth:`release_holds` (an instance holds
-        what it uses from prepare to release)."""
+        what it uses from prepare to release, in a ``NodeCache`` of its own: the release
+        drops every hold of this object). Others use :meth:`in_use`."""
         self._holds.enter_context(self.in_use(path))
 
     def release_holds(self) -> None:
