@@ -342,16 +342,21 @@ def cmd_doctor(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_cache(args: argparse.Namespace, extra: list[str]) -> int:
-    from vmwu import paths
+    from vmwu import cache_report
     from vmwu.cache import NodeCache
-    from vmwu.sizes import format_size
 
-    cache = NodeCache()
+    cache = NodeCache(limit=args.cache_limit)
     if args.action == "clean":
-        cache.clear()
-        print(f"removed {cache.root}")
+        print(cache_report.removal("clean", cache, cache.clean()))
+    elif args.action == "trim":
+        if cache.limit is None:
+            print(f"{cache.root}: no cache limit set (--cache-limit or $VMWU_CACHE_LIMIT)")
+        else:
+            print(cache_report.removal("trim", cache, cache.trim()))
+    elif args.json:
+        print(json.dumps(cache_report.info(cache), indent=2))
     else:
-        print(f"{cache.root}  {format_size(paths.dir_size(cache.root))}")
+        print(cache_report.format_info(cache_report.info(cache)))
     return 0
 
 
@@ -419,8 +424,14 @@ def _add_node_commands(sub: _Commands[_Parser]) -> None:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_doctor)
 
-    s = sub.add_parser("cache", help="show or clean the node cache")
-    s.add_argument("action", choices=("info", "clean"), nargs="?", default="info")
+    s = sub.add_parser("cache", help="show, trim or clean the node cache")
+    s.add_argument("action", choices=("info", "trim", "clean"), nargs="?", default="info")
+    s.add_argument(
+        "--cache-limit",
+        metavar="SIZE",
+        help="size limit, e.g. 20G, or none (default $VMWU_CACHE_LIMIT, else none)",
+    )
+    s.add_argument("--json", action="store_true", help="info as JSON")
     s.set_defaults(func=cmd_cache)
 
 

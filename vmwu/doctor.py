@@ -6,6 +6,7 @@ import platform
 from typing import Any
 
 from vmwu import __version__, paths, tools
+from vmwu.errors import VmwuError
 from vmwu.sizes import format_size
 from vmwu.vmm import accel
 
@@ -30,6 +31,14 @@ def diagnose(*, catalog: str | None = None) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - doctor reports, it does not fail
         cat_error = str(exc)
     cache = paths.cache_dir()
+    limit: int | None = None
+    limit_error = None
+    try:
+        from vmwu.cache import limit_from
+
+        limit = limit_from()
+    except VmwuError as exc:  # doctor reports, it does not fail
+        limit_error = str(exc)
     return {
         "ok": ok,
         "vmwu_version": __version__,
@@ -42,7 +51,12 @@ def diagnose(*, catalog: str | None = None) -> dict[str, Any]:
             "error": cat_error,
         },
         "data_dir": {"path": str(paths.data_dir()), "bytes": paths.dir_size(paths.data_dir())},
-        "cache_dir": {"path": str(cache), "bytes": paths.dir_size(cache)},
+        "cache_dir": {
+            "path": str(cache),
+            "bytes": paths.dir_size(cache),
+            "limit": limit,
+            "limit_error": limit_error,
+        },
     }
 
 
@@ -69,7 +83,11 @@ def format_report(r: dict[str, Any]) -> str:
     else:
         lines.append("  no bases: run `vmwu base build tiny`")
     lines.append(f"data:     {r['data_dir']['path']}  {format_size(r['data_dir']['bytes'])}")
-    lines.append(f"cache:    {r['cache_dir']['path']}  {format_size(r['cache_dir']['bytes'])}")
+    cache = r["cache_dir"]
+    limit = "no limit" if cache["limit"] is None else f"limit {format_size(cache['limit'])}"
+    lines.append(f"cache:    {cache['path']}  {format_size(cache['bytes'])}  ({limit})")
+    if cache["limit_error"]:
+        lines.append(f"  error: {cache['limit_error']}")
     lines.append("")
     lines.append("all tools present" if r["ok"] else "some tools are missing (see above)")
     return "\n".join(lines)

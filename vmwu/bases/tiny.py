@@ -201,56 +201,65 @@ def build_tiny(
     prof = profile(arch)
     if not replace and catalog.exists(name):
         raise BadInput(f"base '{name}' already exists in {catalog.path}", hint="use --replace")
-    downloads = paths.cache_dir() / "downloads"
-    wanted = []
-    apt = Apt(prof.deb_arch)
-    if kernel_deb is None or busybox_deb is None:
-        step("finding the kernel package" + (f" ({prof.deb_arch})" if apt.foreign else ""))
-        apt.update()
-    if kernel_deb is None:
-        wanted.append(apt.depends(prof.kernel_meta))
-    if busybox_deb is None:
-        wanted.append(BUSYBOX)
-    if wanted:
-        step(f"downloading {', '.join(wanted)}")
-        got = apt.download(wanted, downloads)
-        if kernel_deb is None:
-            kernel_deb = got.pop(0)
-        if busybox_deb is None:
-            busybox_deb = got.pop(0)
-    assert kernel_deb is not None and busybox_deb is not None
-    for deb in (kernel_deb, busybox_deb):
-        if not deb.is_file():
-            raise BadInput(f"{deb} does not exist")
+    from vmwu.cache import NodeCache
 
-    base_dir = paths.bases_dir() / name
-    with tempfile.TemporaryDirectory(prefix="vmwu-tiny-") as tmp_str:
-        tmp = Path(tmp_str)
-        step("unpacking the packages")
-        tools.run(["dpkg-deb", "-x", kernel_deb, tmp / "kernel"])
-        tools.run(["dpkg-deb", "-x", busybox_deb, tmp / "busybox"])
-        vmlinuz = sorted((tmp / "kernel" / "boot").glob("vmlinuz-*"))
-        if not vmlinuz:
-            raise BadInput(f"{kernel_deb} holds no /boot/vmlinuz-*: is it a linux-image package?")
-        version = vmlinuz[-1].name.removeprefix("vmlinuz-")
-        busybox = tmp / "busybox" / "bin" / "busybox"
-        if not busybox.is_file():
-            raise BadInput(f"{busybox_deb} holds no /bin/busybox: is it busybox-static?")
-        step("writing the initramfs")
-        moddir = tmp / "kernel" / "lib" / "modules" / version
-        modules = module_order(moddir, prof.modules)
-        cdrom = [m for m in module_order(moddir, prof.modules + CDROM_MODULES) if m not in modules]
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=_ensure(base_dir.parent)))
-        try:
-            build_initramfs(busybox, modules, cdrom, staging / "initrd.img")
-            shutil.copyfile(vmlinuz[-1], staging / "kernel")
-            (staging / "autorun.sh").write_bytes(guest.read(guest.DEFAULT_TEMPLATE))
-            if base_dir.exists():
-                shutil.rmtree(base_dir)
-            staging.rename(base_dir)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+    # the package caches are in use until the packages are unpacked (`vmwu cache clean`)
+    cache = NodeCache()
+    downloads = cache.root / "downloads"
+    with cache.in_use(downloads), cache.in_use(cache.root / "apt"):
+        wanted = []
+        apt = Apt(prof.deb_arch)
+        if kernel_deb is None or busybox_deb is None:
+            step("finding the kernel package" + (f" ({prof.deb_arch})" if apt.foreign else ""))
+            apt.update()
+        if kernel_deb is None:
+            wanted.append(apt.depends(prof.kernel_meta))
+        if busybox_deb is None:
+            wanted.append(BUSYBOX)
+        if wanted:
+            step(f"downloading {', '.join(wanted)}")
+            got = apt.download(wanted, downloads)
+            if kernel_deb is None:
+                kernel_deb = got.pop(0)
+            if busybox_deb is None:
+                busybox_deb = got.pop(0)
+        assert kernel_deb is not None and busybox_deb is not None
+        for deb in (kernel_deb, busybox_deb):
+            if not deb.is_file():
+                raise BadInput(f"{deb} does not exist")
+
+        base_dir = paths.bases_dir() / name
+        with tempfile.TemporaryDirectory(prefix="vmwu-tiny-") as tmp_str:
+            tmp = Path(tmp_str)
+            step("unpacking the packages")
+            tools.run(["dpkg-deb", "-x", kernel_deb, tmp / "kernel"])
+            tools.run(["dpkg-deb", "-x", busybox_deb, tmp / "busybox"])
+            vmlinuz = sorted((tmp / "kernel" / "boot").glob("vmlinuz-*"))
+            if not vmlinuz:
+                raise BadInput(
+                    f"{kernel_deb} holds no /boot/vmlinuz-*: is it a linux-image package?"
+                )
+            version = vmlinuz[-1].name.removeprefix("vmlinuz-")
+            busybox = tmp / "busybox" / "bin" / "busybox"
+            if not busybox.is_file():
+                raise BadInput(f"{busybox_deb} holds no /bin/busybox: is it busybox-static?")
+            step("writing the initramfs")
+            moddir = tmp / "kernel" / "lib" / "modules" / version
+            modules = module_order(moddir, prof.modules)
+            cdrom = [
+                m for m in module_order(moddir, prof.modules + CDROM_MODULES) if m not in modules
+            ]
+            staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=_ensure(base_dir.parent)))
+            try:
+                build_initramfs(busybox, modules, cdrom, staging / "initrd.img")
+                shutil.copyfile(vmlinuz[-1], staging / "kernel")
+                (staging / "autorun.sh").write_bytes(guest.read(guest.DEFAULT_TEMPLATE))
+                if base_dir.exists():
+                    shutil.rmtree(base_dir)
+                staging.rename(base_dir)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
 
     base = direct_kernel_base(
         name=name,

@@ -10,6 +10,7 @@ base's files when embedded. Everything is deterministic: same inputs, same bytes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,13 +19,14 @@ import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from vmwu import __version__, guest, tools
 from vmwu.arch import canonical_arch, parse_os
 from vmwu.bases.catalog import BaseImage, Catalog, choose_base
+from vmwu.cache import NodeCache
 from vmwu.digest import file_sha256
 from vmwu.errors import BadInput, BaseNotFound, SpecError, ToolNotFound
 from vmwu.guest.protocol import AGENT_VERSION, Label
@@ -280,14 +282,14 @@ def pack(
     fstype = spec.base_image_filesystem or base.filesystem or "ext4"
     _check_sizes(spec, fstype)
     capacities = _base_capacities(base)
-    with _work_dir(out_path) as tmp_str:
+    with _work_dir(out_path) as tmp_str, _layer_cache(spec) as cache:
         tmp = Path(tmp_str)
         disks = _build_disks(spec, script, tmp, fstype=fstype, epoch=epoch, step=step)
         members: dict[str, Path] = {}
         files = _base_files(base, name, embed, capacities, members)
         files += _unit_disk_files(spec, disks, tmp, fstype, members)
         if spec.guest_packages:  # issue 6: a layer over the base disk (vmwu/pack/layer.py)
-            layer = _guest_layer(spec, base, name, members, step, capacities)
+            layer = _guest_layer(spec, base, name, members, step, capacities, cache)
             if layer is not None:
                 files.append(layer)
         desc = _descriptor(spec, base, files)
@@ -450,6 +452,20 @@ def _descriptor(spec: Spec, base: BaseImage, files: list[UnitFile]) -> UnitDescr
     )
 
 
+@contextlib.contextmanager
+def _layer_cache(spec: Spec) -> Iterator[NodeCache | None]:
+    """The node cache, for a spec with guest-packages: the layer is held in use there
+    (``vmwu cache clean`` keeps it) until the unit is written."""
+    if not spec.guest_packages:
+        yield None
+        return
+    cache = NodeCache()
+    try:
+        yield cache
+    finally:
+        cache.release_holds()
+
+
 def _guest_layer(
     spec: Spec,
     base: BaseImage,
@@ -457,11 +473,12 @@ def _guest_layer(
     members: dict[str, Path],
     step: Step,
     capacities: dict[str, int],
+    cache: NodeCache | None = None,
 ) -> UnitFile | None:
     from vmwu.pack.layer import build_layer
 
     packages = spec.guest_packages or ()
-    layer = build_layer(base, packages, step=step)
+    layer = build_layer(base, packages, cache=cache, step=step)
     disk = base.file(FileRole.BASE_DISK)
     if layer is None or disk is None:
         step(f"base '{base.name}' already has {', '.join(packages)}")

@@ -248,13 +248,15 @@ def build_layer(
     step: Step = lambda m: None,
 ) -> Path | None:
     """The layer for ``packages`` over ``base`` (from the node cache when it has it), or
-    None when the base already has them all."""
+    None when the base already has them all. The layer is held in use in ``cache``
+    until its ``release_holds()``."""
     wanted = sorted({p.strip() for p in packages if p.strip()})
     if not wanted:
         return None
     base_info(base)
     cache = cache or NodeCache()
     key = layer_key(base, wanted)
+    cache.hold(cache.derived_path(key))  # until the caller's release_holds()
     empty_marker = cache.derived_path(key + ".empty")
     if empty_marker.exists():
         return None

@@ -114,6 +114,12 @@ OPTIONS: tuple[OptionDef, ...] = (
         "print-cmdline", K.BOOL, False, "print the QEMU command line and exit without running"
     ),
     OptionDef("catalog", K.PATH, None, "base catalog (default $VMWU_CATALOG or the data dir)"),
+    OptionDef(
+        "cache-limit",
+        K.STR,
+        None,
+        "size limit of the node cache, e.g. 20G, or none (default $VMWU_CACHE_LIMIT, else none)",
+    ),
     OptionDef("quiet", K.BOOL, False, "no live status line"),
 )
 
@@ -214,4 +220,15 @@ def _to_run_options(
         warm=r.get("warm", bool),
         print_cmdline=r.get("print-cmdline", bool),
         catalog=path("catalog"),
+        cache_limit=_cache_limit(r),
     )
+
+
+def _cache_limit(r: Resolved) -> str | None:
+    """The cache-limit option as given (checked here, where its origin is known)."""
+    from vmwu.cache import limit_from
+
+    value = r.optional("cache-limit", str)
+    if value is not None:
+        limit_from(value, origin=r.origin("cache-limit"))
+    return value

@@ -81,6 +81,7 @@ class RunOptions:
     print_cmdline: bool = False
     catalog: Path | None = None
     cache_dir: Path | None = None
+    cache_limit: str | None = None  # --cache-limit (default $VMWU_CACHE_LIMIT, unlimited)
 
 
 def default_output_dir(unit_name: str) -> Path:
@@ -265,6 +266,7 @@ def warm_start(
     key = warm.state_key(
         warm_cfg, cfg.executable or qemu_binary(cfg.arch), base_under[0] if base_under else None
     )
+    cache.hold(cache.derived_path(f"{key}.state"))  # the saved guest, until release
     failed_marker = cache.derived_path(f"{key}.failed")
     if failed_marker.exists():
         return cfg, "cold boot: this machine configuration failed to warm-start before"
@@ -353,11 +355,14 @@ class Prepared:
         self.grown.clear()
 
     def release(self) -> None:
-        release_socket_dir(self.inst)
-        if self.opts.keep:
-            log.info("instance directory kept: %s", self.inst)
-        else:
-            shutil.rmtree(self.inst, ignore_errors=True)
+        try:
+            release_socket_dir(self.inst)
+            if self.opts.keep:
+                log.info("instance directory kept: %s", self.inst)
+            else:
+                shutil.rmtree(self.inst, ignore_errors=True)
+        finally:
+            self.cache.release_holds()  # the cache entries it used may now be evicted
 
 
 def host_memory_mib() -> int | None:
@@ -387,7 +392,15 @@ def check_unit_memory(memory_mib: int, unit: Path) -> None:
 def prepare(opts: RunOptions, *, check_output: bool = True) -> Prepared:
     """Check ``opts``, resolve the unit's files and prepare an instance directory."""
     check_inputs(opts)
-    cache = NodeCache(opts.cache_dir)
+    cache = NodeCache(opts.cache_dir, limit=opts.cache_limit)
+    try:
+        return _prepare(opts, cache, check_output=check_output)
+    except BaseException:
+        cache.release_holds()
+        raise
+
+
+def _prepare(opts: RunOptions, cache: NodeCache, *, check_output: bool) -> Prepared:
     with OvaReader(opts.unit) as reader:
         desc = reader.descriptor
         if opts.vmm_memory is None:

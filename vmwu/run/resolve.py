@@ -2,7 +2,9 @@
 
 Embedded files come out of the ``.ova``; referenced base files come from the node cache or,
 the first time, from the catalog. Either way they are copied into the node cache once,
-verified against their sha256, and used read-only from there.
+verified against their sha256, and used read-only from there. Each is held in use
+(``NodeCache.hold``) from before it is looked up until the instance is released, so that
+eviction never removes what an instance runs on.
 
 Every disk image is inspected (vmwu/images/inspect.py) before anything opens it: the node
 cache keeps the facts of each blob beside it (``derived/<sha256>.inspect.json``, written
@@ -107,6 +109,7 @@ def _base_file(
     catalog_path: Path | None,
     hashed: set[str],
 ) -> Path:
+    cache.hold(cache.blob_path(f.sha256))  # in use from before it is looked up
     if f.embedded:
 
         def extract(tmp: Path) -> None:
@@ -140,6 +143,7 @@ def _override_base(
         if not bf.path.is_file():
             raise BaseNotFound(f"file {bf.path} of base '{base.name}' is missing")
         disk = role == FileRole.BASE_DISK
+        cache.hold(cache.blob_path(bf.sha256))
         fill = _copy_verified(bf.path, bf.sha256, f"base file ({role})")
         path = _blob(cache, bf.sha256, fill, disk=disk)
         fmt = bf.format
@@ -173,6 +177,7 @@ def _verify_unit(
     against the manifest, adding them to ``hashed``. Returns the record to write once
     every member is in ``hashed`` (None: the file was verified before)."""
     record = cache.derived_path("verified-" + reader.identity())
+    cache.hold(record)
     if record.exists():
         return None
     for f in desc.embedded_files():

@@ -110,6 +110,12 @@ def _run_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="refuse plans of more than N jobs (default 100000)",
     )
+    p.add_argument(
+        "--cache-limit",
+        metavar="SIZE",
+        help="size limit of the node cache for the jobs' vmwu run, e.g. 20G, or none "
+        "(sets $VMWU_CACHE_LIMIT for them; default: as it is set)",
+    )
     p.add_argument("--dry-run", action="store_true", help="check the plan and list the jobs")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     return p
@@ -188,6 +194,11 @@ def cmd_run(argv: list[str]) -> int:
     from vmwu.sweep.plan import load_plan
 
     ns = _run_parser().parse_args(argv)
+    if ns.cache_limit is not None:
+        from vmwu.cache import LIMIT_ENV, limit_from
+
+        limit_from(ns.cache_limit)  # a bad size is refused before anything runs
+        os.environ[LIMIT_ENV] = ns.cache_limit  # the jobs' environment
     plan_path = Path(ns.plan)
     executor = check_name(ns.executor)
     exec_opts: dict[str, object] = {}
