@@ -203,6 +203,11 @@ def test_frozen_wrapper_gives_children_the_hosts_library_path(
     boinc_main_module.restore_library_path()
     assert os.environ["LD_LIBRARY_PATH"] == "/opt/x"
     assert "LD_LIBRARY_PATH_ORIG" not in os.environ
+    # without the original kept, only the bundle's own directory is taken off
+    monkeypatch.setattr(sys, "_MEIPASS", "/tmp/_MEI123", raising=False)
     monkeypatch.setenv("LD_LIBRARY_PATH", "/tmp/_MEI123")
     boinc_main_module.restore_library_path()
     assert "LD_LIBRARY_PATH" not in os.environ
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/opt/host-libs")
+    boinc_main_module.restore_library_path()
+    assert os.environ["LD_LIBRARY_PATH"] == "/opt/host-libs"
