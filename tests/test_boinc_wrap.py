@@ -65,18 +65,46 @@ def test_control_turns_client_messages_into_requests(client: FakeClient, tmp_pat
         assert [r.action for r in control.requests()] == [Action.QUIT]
         client.control("resume")
         control.requests()
-        control.status_changed({"cpu_time": 5.0, "fraction_done": 0.25, "last_checkpoint": 1.0})
+        control.status_changed({"run_cpu_time": 5.0, "fraction_done": 0.25})
         text = client.receive(Channel.APP_STATUS) or ""
         assert "<fraction_done>2.500000e-01</fraction_done>" in text
-        cpu = float(text.split("<current_cpu_time>")[1].split("<")[0])
-        checkpoint = float(text.split("<checkpoint_cpu_time>")[1].split("<")[0])
-        assert cpu >= 5.0 and checkpoint == cpu, "a new checkpoint: its CPU time is now's"
-        control.status_changed({"cpu_time": 9.0, "fraction_done": 0.5, "last_checkpoint": 1.0})
+        assert _number(text, "current_cpu_time") == 5.0
+        assert _number(text, "checkpoint_cpu_time") == 0.0, "no checkpoint in this run yet"
+        status = {"run_cpu_time": 9.0, "checkpoint_run_cpu_time": 7.5, "fraction_done": 0.5}
+        control.status_changed(status)
         text = client.receive(Channel.APP_STATUS) or ""
-        assert float(text.split("<checkpoint_cpu_time>")[1].split("<")[0]) == checkpoint
+        assert _number(text, "current_cpu_time") == 9.0
+        assert _number(text, "checkpoint_cpu_time") == 7.5, "the CPU time at the checkpoint"
     finally:
         control.close()
         session.close()
+
+
+def _number(text: str, tag: str) -> float:
+    return float(text.split(f"<{tag}>")[1].split("<")[0])
+
+
+def test_cpu_times_go_on_from_the_clients_checkpoint(tmp_path: Path) -> None:
+    """A restarted task: the CPU times start at the client's ``wu_cpu_time`` (the job's
+    CPU time at the checkpoint this run goes on from), as the BOINC API counts them; no
+    checkpoint is claimed before this run writes one."""
+    fake = FakeClient(tmp_path / "data", wu_cpu_time=100.0)
+    session = BoincSession(fake.slot, stderr=lambda line: None)
+    control = BoincControl(tmp_path / "ctl.sock", session)
+    try:
+        control.status_changed({"run_cpu_time": 2.0, "checkpoint_run_cpu_time": None})
+        text = fake.receive(Channel.APP_STATUS) or ""
+        assert (_number(text, "current_cpu_time"), _number(text, "checkpoint_cpu_time")) == (
+            102.0,
+            100.0,
+        )
+        control.status_changed({"run_cpu_time": 4.0, "checkpoint_run_cpu_time": 3.25})
+        text = fake.receive(Channel.APP_STATUS) or ""
+        assert _number(text, "checkpoint_cpu_time") == 103.25
+    finally:
+        control.close()
+        session.close()
+        fake.close()
 
 
 def test_host_job_in_a_slot(client: FakeClient) -> None:
@@ -125,6 +153,8 @@ def test_quit_and_abort_from_the_client(client: FakeClient) -> None:
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "stopped (the client quit)" in err
+    assert "the BOINC client starts the task again when it next runs it" in err
+    assert "vmwu wrap` again" not in err, "nobody runs it by hand under a client"
     assert not (client.slot / "boinc_finish_called").exists()
     done = int((client.slot / "ck").read_text())
 

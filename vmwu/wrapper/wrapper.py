@@ -69,9 +69,10 @@ def socket_path(slot: Path) -> Path:
 class _Stop(Exception):
     """A quit or abort request ended the job early."""
 
-    def __init__(self, action: Action, message: str) -> None:
+    def __init__(self, action: Action, message: str, source: str = "") -> None:
         super().__init__(message)
         self.action = action
+        self.source = source  # who asked: "SIGTERM", "socket", "BOINC client", …
 
 
 class Wrapper:
@@ -102,6 +103,13 @@ class Wrapper:
         self.task_status: TaskStatus | None = None
         self.daemons: list[HostTask] = []
         self.cpu_base = 0.0  # CPU seconds of everything but the current task's live processes
+        # and this wrapper process's own CPU time in this run
+        self.run_cpu0 = 0.0  # cpu_time() when this run started
+        self._own0 = time.process_time()
+        # this run's CPU time (cpu_time() - run_cpu0) when the last checkpoint of this run
+        # was written: a VM checkpoint (when the guest was paused for it), a host task's
+        # checkpoint file, a task's or the unzip tasks' end. What a restart goes on from.
+        self.checkpoint_run_cpu: float | None = None
         self.checkpoint_info: dict[str, Any] | None = None
         self.restored_from: str | None = None
         self.restore_seconds: float | None = None
@@ -119,10 +127,25 @@ class Wrapper:
         if not self.opts.quiet:
             print(f"vmwu wrap: {message}", file=sys.stderr, flush=True)
 
+    def own_cpu_time(self) -> float:
+        """This wrapper process's own CPU seconds in this run."""
+        return time.process_time() - self._own0
+
     def cpu_time(self) -> float:
+        """CPU seconds of the job: every run's tasks (QEMU's included) and wrappers."""
         live = self.current.cpu_seconds() if self.current is not None else 0.0
         live += sum(d.cpu_seconds() for d in self.daemons)
-        return self.cpu_base + live
+        return self.cpu_base + live + self.own_cpu_time()
+
+    def run_cpu_time(self) -> float:
+        """CPU seconds of this run alone."""
+        return self.cpu_time() - self.run_cpu0
+
+    def _checkpointed(self, run_cpu: float | None = None) -> None:
+        """A checkpoint has been written; ``run_cpu`` is this run's CPU time at the moment
+        it was (now, unless given)."""
+        self.checkpoint_run_cpu = round(self.run_cpu_time() if run_cpu is None else run_cpu, 3)
+        self.state.last_checkpoint = time.time()
 
     def _status_data(self) -> dict[str, Any]:
         weights = [t.weight for t in self.job.tasks]
@@ -142,6 +165,9 @@ class Wrapper:
             if self.runstate is RunState.DONE
             else fraction_done(weights, self.state.task_index, current),
             "cpu_time": round(self.cpu_time(), 3),
+            "run_cpu_time": round(self.run_cpu_time(), 3),
+            "wrapper_cpu_time": round(self.own_cpu_time(), 3),
+            "checkpoint_run_cpu_time": self.checkpoint_run_cpu,
             "elapsed": round(self.state.elapsed, 3),
             "last_checkpoint": last,
             "last_checkpoint_utc": None
@@ -214,7 +240,9 @@ class Wrapper:
                 return int(self.state.exit_code or 0)
             self._clean_leftovers()
             self.state.starts += 1
+            self._own0 = time.process_time()
             self.cpu_base = self.state.cpu_time
+            self.run_cpu0 = self.cpu_time()
             self.save_state()
             self.write_status()
             self.control = self._control_factory(self.socket)
@@ -257,6 +285,7 @@ class Wrapper:
                     if code != 0:
                         return self._finish(code, f"unzip task failed with exit code {code}")
                 self.state.unzipped = True
+                self._checkpointed()
                 self.save_state()
             self._start_daemons()
             while self.state.task_index < len(self.job.tasks):
@@ -267,6 +296,7 @@ class Wrapper:
                     return self._finish(code, self.state.message or f"task {index + 1} failed")
                 self.state.task_index += 1
                 self.state.task_elapsed = 0.0
+                self._checkpointed()  # a restart goes on with the next task
                 self.save_state()
                 self.store.drop_all()  # only after the state says the task is done
             return self._finish(0, "done")
@@ -310,7 +340,8 @@ class Wrapper:
         self.state.message = str(stop)
         self.save_state()
         self.write_status()
-        self.report(f"{stop}; run `vmwu wrap` again in {self.slot} to resume")
+        if self.control is not None:
+            self.report(f"{stop}; {self.control.resume_hint(self.slot, stop.source)}")
         return int(TEMPORARY_EXIT)
 
     def _start_daemons(self) -> None:
@@ -356,7 +387,7 @@ class Wrapper:
                 if mtime is not None and mtime != last_ck:
                     # the app checkpointed: what the wrapper knows is saved beside it
                     last_ck = mtime
-                    self.state.last_checkpoint = mtime
+                    self._checkpointed()
                     self.save_state()
                 self._check_time_limit(runner, task, where)
                 self._tick()
@@ -444,6 +475,7 @@ class Wrapper:
         self.runstate = RunState.CHECKPOINTING
         self.write_status()
         t0 = time.monotonic()
+        run_cpu = self.run_cpu_time()  # the guest is paused for the checkpoint right after
         meta = {"cpu_time": round(self.cpu_time(), 3), "task_elapsed": self.state.task_elapsed}
         try:
             ck = runner.checkpoint(self.store, meta)
@@ -466,6 +498,7 @@ class Wrapper:
             "guest_paused_seconds": runner.paused_seconds,
             "size_bytes": size,
         }
+        self._checkpointed(run_cpu)
         self.state.last_checkpoint = ck.created
         self.save_state()
         self.write_status()
@@ -519,7 +552,7 @@ class Wrapper:
         elif action is Action.QUIT:
             message = self._quit(runner, request.source)
             request.reply({"ok": True, "state": RunState.TEMPORARY_EXIT.value, "message": message})
-            raise _Stop(Action.QUIT, message)
+            raise _Stop(Action.QUIT, message, request.source)
         elif action is Action.ABORT:
             runner.stop()
             self.report(f"aborting ({request.source})")
