@@ -17,8 +17,9 @@
    result is uploaded; else a computation error with the message in stderr.txt); after
    ``<quit/>`` or with the client gone, exit 0 (the client restarts the task, which goes on
    from its checkpoint); after ``<abort/>``, exit 194; a transient host problem (QEMU or
-   another tool missing, the host's disk full, …): ``boinc_temporary_exit`` with the reason,
-   so the client retries later instead of failing the workunit.
+   another tool missing, not enough memory for the VM now, KVM busy or unusable, the
+   host's disk full, …): ``boinc_temporary_exit`` with the reason, so the client retries
+   later instead of failing the workunit.
 """
 
 from __future__ import annotations
@@ -257,7 +258,13 @@ def seed_base_files(slot: Path, session: BoincSession) -> list[str]:
 
 
 def _delay(exc: VmwuError) -> int:
-    return DELAY_MISSING_TOOL if isinstance(exc, ToolNotFound) else DELAY_HOST_FAILURE
+    from vmwu.wrapper.hostcheck import HostNotReady
+
+    if isinstance(exc, ToolNotFound):
+        return DELAY_MISSING_TOOL
+    if isinstance(exc, HostNotReady):
+        return exc.retry_after
+    return DELAY_HOST_FAILURE
 
 
 def main() -> int:
