@@ -120,6 +120,28 @@ def test_host_job_in_a_slot(client: FakeClient) -> None:
     assert "<fraction_done>1.000000e+00</fraction_done>" in status
 
 
+def test_file_names_on_command_lines_are_resolved(client: FakeClient) -> None:
+    """``boinc_resolve(NAME)`` on a host task's command line (and in the wrapper's extra
+    arguments) becomes the file's path as BOINC's wrapper resolves it: the input's and
+    the output's physical files in the project directory."""
+    (client.project_dir / "job.xml").write_text(
+        "<job_desc><task><application>sh</application>"
+        '<command_line>-c \'echo "$@" > args.txt; tr a-z A-Z &lt; "$1" > "$2"\' '
+        "sh boinc_resolve(in.txt)</command_line><append_cmdline_args/></task></job_desc>"
+    )
+    client.link("job.xml", "job.xml")
+    client.link("in.txt", "wu1_in.txt", b"resolved\n")
+    out = client.link("out.txt", "wu1_0_out.txt")
+    proc = wrap(client, "--", "boinc_resolve(out.txt)")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    project = "../../projects/127.0.0.1_8000"
+    args = (client.slot / "args.txt").read_text()
+    assert args == f"{project}/wu1_in.txt {project}/wu1_0_out.txt\n"
+    assert out.read_bytes() == b"RESOLVED\n", "written straight into the physical file"
+    assert "did not write its output" not in err
+
+
 def test_failed_job_is_finished_with_its_code(client: FakeClient) -> None:
     (client.project_dir / "job.xml").write_text(
         "<job_desc><task><application>sh</application>"
@@ -233,6 +255,12 @@ def test_frozen_wrapper_gives_children_the_hosts_library_path(
     boinc_main_module.restore_library_path()
     assert os.environ["LD_LIBRARY_PATH"] == "/opt/x"
     assert "LD_LIBRARY_PATH_ORIG" not in os.environ
+    # PyInstaller 6 keeps no LD_LIBRARY_PATH_ORIG for a sub-process: the bundle's
+    # directory (sys._MEIPASS in a frozen vmwu) is taken off the path instead
+    monkeypatch.setattr(sys, "_MEIPASS", "/tmp/_MEI123", raising=False)
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/tmp/_MEI123:/opt/y")
+    boinc_main_module.restore_library_path()
+    assert os.environ["LD_LIBRARY_PATH"] == "/opt/y"
     monkeypatch.setenv("LD_LIBRARY_PATH", "/tmp/_MEI123")
     boinc_main_module.restore_library_path()
     assert "LD_LIBRARY_PATH" not in os.environ

@@ -14,12 +14,13 @@ restart from the beginning and find their own checkpoint files, as under BOINC.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any
 from vmwu.errors import ExitCode, GuestTimeout, VmwuError
 from vmwu.locks import held_by_this_process
 from vmwu.sizes import format_size
+from vmwu.wrapper.boinc.links import resolve_phrases
 from vmwu.wrapper.checkpoint import Checkpoint, CheckpointStore
 from vmwu.wrapper.control import Action, Control, Request
 from vmwu.wrapper.jobxml import JobDesc, TaskKind, TaskSpec, expand, load_job
@@ -60,6 +62,10 @@ class WrapOptions:
     vm: VmSettings = field(default_factory=VmSettings)
     fresh: bool = False
     quiet: bool = False
+    # BOINC's logical names: name -> the path boinc_resolve_filename gives for it (the
+    # client's soft link, relative to the slot). `boinc_resolve(NAME)` on a host task's
+    # command line becomes that path (NAME itself when it is not here).
+    names: Mapping[str, str] = field(default_factory=dict)
 
 
 def socket_path(slot: Path) -> Path:
@@ -349,8 +355,8 @@ class Wrapper:
         for spec in self.job.daemons:
             if spec.kind is TaskKind.MANAGE and not self.job.has_vm_tasks:
                 continue
-            task = expand(spec, self.macros)
-            daemon = HostTask(task, self.slot, task.where(self.job.source), self.opts.extra_args)
+            task, extra = self._resolved(expand(spec, self.macros), spec.where(self.job.source))
+            daemon = HostTask(task, self.slot, task.where(self.job.source), extra)
             daemon.check()
             daemon.start()
             self.report(f"started daemon {daemon.label}")
@@ -372,7 +378,8 @@ class Wrapper:
     def _run_host(self, spec: TaskSpec, index: int, kind: str = "host") -> int:
         task = expand(spec, self.macros)
         where = f"{task.where(self.job.source)}" + (f" {index + 1}" if index >= 0 else "")
-        runner = HostTask(task, self.slot, where, self.opts.extra_args)
+        task, extra = self._resolved(task, where)
+        runner = HostTask(task, self.slot, where, extra)
         runner.check()
         runner.start()
         if self.suspended:
@@ -403,11 +410,10 @@ class Wrapper:
     def _run_vm(self, spec: TaskSpec, index: int) -> int:
         task = expand(spec, self.macros)
         where = f"{task.where(self.job.source)} {index + 1}"
+        task, extra = self._resolved(task, where, in_vm=True)
         task_dir = self.dir / "tasks" / str(index + 1)
         task_dir.mkdir(parents=True, exist_ok=True)
-        runner = VmTask(
-            task, index, self.slot, task_dir, where, self.opts.vm, self.opts.extra_args, self.report
-        )
+        runner = VmTask(task, index, self.slot, task_dir, where, self.opts.vm, extra, self.report)
         runner.check()
         self._start_vm(runner, index)
         self._begin(runner, index, "vm")
@@ -459,6 +465,28 @@ class Wrapper:
             self.report(f"started VM task {index + 1}: {runner.label} ({runner.start_how})")
         self.state.instance_dir = os.fspath(runner.instance_dir) if runner.instance_dir else None
         self.save_state()
+
+    def _resolved(
+        self, task: TaskSpec, where: str, *, in_vm: bool = False
+    ) -> tuple[TaskSpec, tuple[str, ...]]:
+        """The task, and the wrapper's extra arguments, with BOINC's
+        ``boinc_resolve(NAME)`` phrases replaced. On the host, NAME becomes the path of
+        the file it stands for (as BOINC's wrapper resolves it), relative to the task's
+        working directory. In a VM the files are the guest's: NAME stays NAME (a
+        base-image task finds its ``copy_file_to_VM`` files under their names in its
+        working directory, a unit at ``/cdrom/NAME``)."""
+
+        def resolve(name: str) -> str:
+            if in_vm or name not in self.opts.names:
+                return name
+            path = self.opts.names[name]
+            if task.exec_dir and not os.path.isabs(path):
+                return os.path.relpath(self.slot / path, self.slot / task.exec_dir)
+            return path
+
+        line = resolve_phrases(task.command_line, resolve, where)
+        extra = resolve_phrases(self.opts.extra_args, resolve, f"{where}: -- arguments")
+        return dataclasses.replace(task, command_line=tuple(line)), tuple(extra)
 
     def _check_time_limit(self, runner: Runner, task: TaskSpec, where: str) -> None:
         limit = task.time_limit

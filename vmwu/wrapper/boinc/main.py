@@ -86,13 +86,14 @@ def boinc_main(argv: Sequence[str]) -> int:
         )
         controls: list[BoincControl] = []
         try:
-            outputs = remember_outputs(slot, session.names.materialize()[1])
+            inputs, found = session.names.materialize()
+            outputs = remember_outputs(slot, found)
             # vmwu's node cache and catalog live in the project directory: shared by the
             # project's tasks, kept between them, removed with the project.
             if init.project_dir:
                 os.environ.setdefault("VMWU_HOME", os.path.join(init.project_dir, "vmwu"))
             seed_base_files(slot, session)
-            opts = _wrap_options(argv, slot, session)
+            opts = _wrap_options(argv, slot, session, {**inputs, **outputs})
             code = _run_job(opts, session, outputs, controls)
         except (ToolNotFound, HostFailure) as exc:
             return session.temporary_exit(_delay(exc), str(exc), notice=True)
@@ -103,9 +104,12 @@ def boinc_main(argv: Sequence[str]) -> int:
         return _tell_client(session, code, last)
 
 
-def _wrap_options(argv: Sequence[str], slot: Path, session: BoincSession) -> WrapOptions:
+def _wrap_options(
+    argv: Sequence[str], slot: Path, session: BoincSession, names: dict[str, str]
+) -> WrapOptions:
     """``vmwu wrap``'s options, with the client's settings where the command line gives
-    none: the job file in the slot, its checkpoint period, its number of CPUs."""
+    none: the job file in the slot, its checkpoint period, its number of CPUs; ``names``
+    are the slot's logical names (name -> path, as ``boinc_resolve_filename`` gives it)."""
     from vmwu.wrapper.cli import wrap_parser
     from vmwu.wrapper.tasks_vm import VmSettings
     from vmwu.wrapper.wrapper import WrapOptions
@@ -144,6 +148,7 @@ def _wrap_options(argv: Sequence[str], slot: Path, session: BoincSession) -> Wra
         ),
         fresh=False,
         quiet=args.quiet,
+        names=names,
     )
     if not job.is_file():
         raise VmwuError(f"job file {job} is missing from the slot")
