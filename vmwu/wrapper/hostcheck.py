@@ -59,14 +59,15 @@ def mem_available_mib(meminfo: Path = MEMINFO) -> int | None:
     return int(match.group(1)) // 1024 if match else None
 
 
-def check_memory(guest_mib: int, where: str, meminfo: Path = MEMINFO) -> None:
+def check_memory(guest_mib: int, meminfo: Path = MEMINFO) -> None:
     """Raise :class:`NotEnoughMemory` if the host has less memory available than the
-    guest's plus QEMU's own."""
+    guest's plus QEMU's own. The message is about the host, not the job: under a client
+    the volunteer sees it (in at most 255 characters)."""
     available = mem_available_mib(meminfo)
     needed = guest_mib + QEMU_OVERHEAD_MIB
     if available is not None and available < needed:
         raise NotEnoughMemory(
-            f"{where}: not enough memory for the VM now: it needs {needed} MiB "
+            f"not enough memory for the VM now: it needs {needed} MiB "
             f"({guest_mib} MiB for the guest, {QEMU_OVERHEAD_MIB} for QEMU) and "
             f"{available} MiB are available (MemAvailable)",
             hint="close programs or run it later",

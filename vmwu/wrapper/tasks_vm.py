@@ -169,7 +169,7 @@ class VmTask:
         self.instance = Instance(opts)
         prepared = self.instance.prepare()
         try:
-            hostcheck.check_memory(prepared.cfg.memory_mib, self.where)
+            hostcheck.check_memory(prepared.cfg.memory_mib)
         except hostcheck.NotEnoughMemory:
             self.stop()
             raise
@@ -268,7 +268,7 @@ class VmTask:
         if reason is not None:
             self.stop()
             raise hostcheck.AcceleratorTrouble(
-                f"{self.where}: QEMU could not use the accelerator: {reason}",
+                f"QEMU could not use the accelerator: {reason}",
                 hint="stop the other hypervisor, or run the wrapper with --accel tcg",
             )
 
