@@ -66,6 +66,9 @@ def test_vmwu_wrap_host_job_under_the_client(
     assert server.output(job, "out.txt") == lines(30).upper()
     assert "vmwu wrap under BOINC client 7.20.5: result wrap1_0" in report.stderr_out
     assert "called boinc_finish(0)" in report.stderr_out
+    # boinc_resolve(in.txt) on the command line: the input's physical file
+    project = client.project.name
+    assert f"work.sh ../../projects/{project}/wrap1_in.txt 0.2" in report.stderr_out
     assert client.wait_exit(120) == 0
 
 
