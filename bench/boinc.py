@@ -1,14 +1,16 @@
 """`vmwu wrap` under the real BOINC client: CPU time, checkpoints, a client quit. JSON.
 
     .venv/bin/python bench/boinc.py [--trials 3] [--interval 3] [--steps 40] [--home DIR]
-                                    [--packaged]
+                                    [--packaged] [--stop quit|kill]
 
 Each trial starts our project server (tests/boinc/server.py) and a real `boinc` client in
 a new data directory (tests/boinc/client.py), with a job whose VM task counts ``--steps``
 steps of one second (examples/boinc/count.sh in a unit on the tiny base), the client's
-checkpoint period (its "store at most every" preference) ``--interval`` seconds. The
-client quits (`boinccmd --quit`) at a random moment of the guest's count, is started
-again, and runs the task to its report. The wrapper is `vmwu wrap` from this virtualenv,
+checkpoint period (its "store at most every" preference) ``--interval`` seconds. At a
+random moment of the guest's count the client quits (`boinccmd --quit`: the wrapper
+checkpoints and exits), or with ``--stop kill`` the client and the wrapper are killed
+(SIGKILL, both at once: a crash or a power cut; QEMU dies with the wrapper); the client is
+started again and runs the task to its report. The wrapper is `vmwu wrap` from this virtualenv,
 or with ``--packaged`` the executable `vmwu wrap package` builds (it unpacks itself at
 every start). Figures, medians over the trials unless said otherwise:
 
@@ -20,9 +22,9 @@ every start). Figures, medians over the trials unless said otherwise:
   ``run_cpu_time`` less it), and ``wrapper_cpu_per_running_s``;
 - ``checkpoint_s``, ``checkpoint_guest_paused_s``, ``checkpoint_size_bytes``: one
   checkpoint (from the wrapper's log in the task's stderr.txt);
-- ``work_lost_s``: per trial, the guest's steps the host had seen before the quit that
-  the restored guest did again (step seconds); target: at most one interval
-  (``work_lost_within_one_interval``);
+- ``work_lost_s``: per trial, the guest's steps done before the stop that the restored
+  guest did again (step seconds: the host's last status for a quit, the guest's console
+  for a kill); target: at most one interval (``work_lost_within_one_interval``);
 - ``restart_to_guest_running_s``: from the second client start to the restored guest
   counting again; ``final_cpu_time_s``: the client's CPU time of the whole result.
 """
@@ -34,6 +36,7 @@ import json
 import os
 import random
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -104,6 +107,28 @@ def package(work: Path, env: dict[str, str], steps: int, packaged: bool) -> Path
     return work / "pkg"
 
 
+def kill(client: BoincClient, wrapper: int) -> int:
+    """SIGKILL to the client and the wrapper at once; the last step the guest's console
+    shows (its instance directory stays until the next run cleans it)."""
+    assert client.proc is not None
+    os.kill(client.proc.pid, signal.SIGKILL)
+    os.kill(wrapper, signal.SIGKILL)
+    client.proc.wait()
+    wait(lambda: not Path(f"/proc/{wrapper}").exists() or _zombie(wrapper), 60, "the wrapper")
+    state = json.loads((client.slot() / "wrapper_checkpoint.json").read_text())
+    console = Path(state.get("instance_dir") or "/nonexistent") / "console.log"
+    text = console.read_text(errors="replace") if console.exists() else ""
+    steps = [int(n) for n in re.findall(r"count: step (\d+) of", text)]
+    return steps[-1] if steps else 0
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def checkpoints(stderr: str) -> list[tuple[float, float, float]]:
     """(seconds, guest paused seconds, bytes) of every checkpoint the wrapper logged."""
     pattern = r"checkpoint ck-\d+: ([\d.]+) (\w+) in ([\d.]+) s \(guest paused ([\d.]+) s\)"
@@ -139,9 +164,13 @@ def trial(
             run_for = rng.uniform(args.interval, args.steps * 0.8)
             wait(lambda: step(status(client)) >= run_for, 600, "the quit moment")
             before = status(client)
-            client.quit()
-            after_quit = status(client)  # written by the wrapper once it had stopped
-            seen = max(step(before), step(after_quit))
+            if args.stop == "quit":
+                client.quit()
+                after_quit = status(client)  # written by the wrapper once it had stopped
+                seen = max(step(before), step(after_quit))
+            else:
+                after_quit = before
+                seen = kill(client, int(before["pid"]))
             run_s = float(after_quit.get("elapsed") or 0.0)
             wrapper_cpu = float(after_quit.get("wrapper_cpu_time") or 0.0)
             run_cpu = float(after_quit.get("run_cpu_time") or 0.0)
@@ -184,6 +213,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--packaged", action="store_true", help="ship the PyInstaller executable")
+    ap.add_argument("--stop", choices=("quit", "kill"), default="quit", help="how to stop it")
     ap.add_argument("--home", help="a VMWU_HOME with the tiny base (default: build one)")
     args = ap.parse_args()
     rng = random.Random(args.seed)
@@ -204,6 +234,7 @@ def main() -> None:
     per_s = [t["wrapper_cpu_s"] / t["first_run_s"] for t in trials if t["first_run_s"]]
     result = {
         "wrapper": "packaged executable" if args.packaged else "vmwu wrap from the virtualenv",
+        "stop": "boinccmd --quit" if args.stop == "quit" else "SIGKILL to client and wrapper",
         "interval_s": args.interval,
         "trials": args.trials,
         "client_start_to_guest_running_s": col("client_start_to_guest_running_s"),
