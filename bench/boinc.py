@@ -194,7 +194,7 @@ def trial(
     return {
         "client_start_to_guest_running_s": round(t_running - t0, 3),
         "task_start_to_guest_running_s": round(task_to_running, 3),
-        "quit_after_step": seen,
+        "stopped_after_step": seen,
         "resumed_after_step": resumed_at,
         "work_lost_s": float(max(0, seen - resumed_at)),
         "first_run_s": round(run_s, 3),
