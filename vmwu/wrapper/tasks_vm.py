@@ -269,7 +269,7 @@ class VmTask:
             self.stop()
             raise hostcheck.AcceleratorTrouble(
                 f"QEMU could not use the accelerator: {reason}",
-                hint="stop the other hypervisor, or run the wrapper with --accel tcg",
+                hint="close the other virtual machine program (VirtualBox, VMware)",
             )
 
     def _copy_outputs(self, out: Path, *, ok: bool) -> None:
