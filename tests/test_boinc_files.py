@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from tests.boinc.fake import SAMPLE_INIT_DATA, FakeClient
 from vmwu.errors import BadInput
 from vmwu.wrapper.boinc.initdata import MAX_BYTES, parse_init_data
-from vmwu.wrapper.boinc.links import LogicalNames, soft_link_target
+from vmwu.wrapper.boinc.links import LogicalNames, resolve_phrases, soft_link_target
 
 # -- init_data.xml ------------------------------------------------------------------------------
 
@@ -177,6 +177,35 @@ def test_resolve(fake: FakeClient) -> None:
         "../../projects/127.0.0.1_8000/wu1_in.txt",
         "x=b",
     ]
+
+
+def test_resolve_phrases() -> None:
+    names = {"in.txt": "../../p/wu_in.txt", "out": "../../p/wu_0_out"}
+    resolve = lambda name: names.get(name, name)  # noqa: E731
+    args = ["boinc_resolve(in.txt)", "--o=boinc_resolve(out),boinc_resolve(x)", "plain"]
+    assert resolve_phrases(args, resolve, "job.xml:2") == [
+        "../../p/wu_in.txt",
+        "--o=../../p/wu_0_out,x",
+        "plain",
+    ]
+    assert resolve_phrases(["boinc_resolve()"], resolve, "w") == [""]
+    with pytest.raises(BadInput, match=r"^job.xml:2: missing '\)' after 'boinc_resolve\('"):
+        resolve_phrases(["a", "boinc_resolve(in.txt"], resolve, "job.xml:2")
+
+
+@given(st.lists(st.text(max_size=60), max_size=5))
+def test_resolve_phrases_any_arguments(args: list[str]) -> None:
+    """Arguments without a phrase stay as they are; what a name resolves to is not
+    searched again (no loop, whatever the names say)."""
+    try:
+        out = resolve_phrases(args, lambda name: "boinc_resolve(" + name, "w")
+    except BadInput:
+        assert any("boinc_resolve(" in a for a in args)
+        return
+    assert len(out) == len(args)
+    for before, after in zip(args, out, strict=True):
+        if "boinc_resolve(" not in before:
+            assert after == before
 
 
 @pytest.mark.parametrize(

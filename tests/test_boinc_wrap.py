@@ -65,18 +65,46 @@ def test_control_turns_client_messages_into_requests(client: FakeClient, tmp_pat
         assert [r.action for r in control.requests()] == [Action.QUIT]
         client.control("resume")
         control.requests()
-        control.status_changed({"cpu_time": 5.0, "fraction_done": 0.25, "last_checkpoint": 1.0})
+        control.status_changed({"run_cpu_time": 5.0, "fraction_done": 0.25})
         text = client.receive(Channel.APP_STATUS) or ""
         assert "<fraction_done>2.500000e-01</fraction_done>" in text
-        cpu = float(text.split("<current_cpu_time>")[1].split("<")[0])
-        checkpoint = float(text.split("<checkpoint_cpu_time>")[1].split("<")[0])
-        assert cpu >= 5.0 and checkpoint == cpu, "a new checkpoint: its CPU time is now's"
-        control.status_changed({"cpu_time": 9.0, "fraction_done": 0.5, "last_checkpoint": 1.0})
+        assert _number(text, "current_cpu_time") == 5.0
+        assert _number(text, "checkpoint_cpu_time") == 0.0, "no checkpoint in this run yet"
+        status = {"run_cpu_time": 9.0, "checkpoint_run_cpu_time": 7.5, "fraction_done": 0.5}
+        control.status_changed(status)
         text = client.receive(Channel.APP_STATUS) or ""
-        assert float(text.split("<checkpoint_cpu_time>")[1].split("<")[0]) == checkpoint
+        assert _number(text, "current_cpu_time") == 9.0
+        assert _number(text, "checkpoint_cpu_time") == 7.5, "the CPU time at the checkpoint"
     finally:
         control.close()
         session.close()
+
+
+def _number(text: str, tag: str) -> float:
+    return float(text.split(f"<{tag}>")[1].split("<")[0])
+
+
+def test_cpu_times_go_on_from_the_clients_checkpoint(tmp_path: Path) -> None:
+    """A restarted task: the CPU times start at the client's ``wu_cpu_time`` (the job's
+    CPU time at the checkpoint this run goes on from), as the BOINC API counts them; no
+    checkpoint is claimed before this run writes one."""
+    fake = FakeClient(tmp_path / "data", wu_cpu_time=100.0)
+    session = BoincSession(fake.slot, stderr=lambda line: None)
+    control = BoincControl(tmp_path / "ctl.sock", session)
+    try:
+        control.status_changed({"run_cpu_time": 2.0, "checkpoint_run_cpu_time": None})
+        text = fake.receive(Channel.APP_STATUS) or ""
+        assert (_number(text, "current_cpu_time"), _number(text, "checkpoint_cpu_time")) == (
+            102.0,
+            100.0,
+        )
+        control.status_changed({"run_cpu_time": 4.0, "checkpoint_run_cpu_time": 3.25})
+        text = fake.receive(Channel.APP_STATUS) or ""
+        assert _number(text, "checkpoint_cpu_time") == 103.25
+    finally:
+        control.close()
+        session.close()
+        fake.close()
 
 
 def test_host_job_in_a_slot(client: FakeClient) -> None:
@@ -90,6 +118,28 @@ def test_host_job_in_a_slot(client: FakeClient) -> None:
     assert "called boinc_finish(0)" in err
     status = client.receive(Channel.APP_STATUS) or ""
     assert "<fraction_done>1.000000e+00</fraction_done>" in status
+
+
+def test_file_names_on_command_lines_are_resolved(client: FakeClient) -> None:
+    """``boinc_resolve(NAME)`` on a host task's command line (and in the wrapper's extra
+    arguments) becomes the file's path as BOINC's wrapper resolves it: the input's and
+    the output's physical files in the project directory."""
+    (client.project_dir / "job.xml").write_text(
+        "<job_desc><task><application>sh</application>"
+        '<command_line>-c \'echo "$@" > args.txt; tr a-z A-Z &lt; "$1" > "$2"\' '
+        "sh boinc_resolve(in.txt)</command_line><append_cmdline_args/></task></job_desc>"
+    )
+    client.link("job.xml", "job.xml")
+    client.link("in.txt", "wu1_in.txt", b"resolved\n")
+    out = client.link("out.txt", "wu1_0_out.txt")
+    proc = wrap(client, "--", "boinc_resolve(out.txt)")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    project = "../../projects/127.0.0.1_8000"
+    args = (client.slot / "args.txt").read_text()
+    assert args == f"{project}/wu1_in.txt {project}/wu1_0_out.txt\n"
+    assert out.read_bytes() == b"RESOLVED\n", "written straight into the physical file"
+    assert "did not write its output" not in err
 
 
 def test_failed_job_is_finished_with_its_code(client: FakeClient) -> None:
@@ -125,6 +175,8 @@ def test_quit_and_abort_from_the_client(client: FakeClient) -> None:
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "stopped (the client quit)" in err
+    assert "the BOINC client starts the task again when it next runs it" in err
+    assert "vmwu wrap` again" not in err, "nobody runs it by hand under a client"
     assert not (client.slot / "boinc_finish_called").exists()
     done = int((client.slot / "ck").read_text())
 
@@ -203,8 +255,12 @@ def test_frozen_wrapper_gives_children_the_hosts_library_path(
     boinc_main_module.restore_library_path()
     assert os.environ["LD_LIBRARY_PATH"] == "/opt/x"
     assert "LD_LIBRARY_PATH_ORIG" not in os.environ
-    # without the original kept, only the bundle's own directory is taken off
+    # PyInstaller 6 keeps no LD_LIBRARY_PATH_ORIG for a sub-process: the bundle's
+    # directory (sys._MEIPASS in a frozen vmwu) is taken off the path instead
     monkeypatch.setattr(sys, "_MEIPASS", "/tmp/_MEI123", raising=False)
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/tmp/_MEI123:/opt/y")
+    boinc_main_module.restore_library_path()
+    assert os.environ["LD_LIBRARY_PATH"] == "/opt/y"
     monkeypatch.setenv("LD_LIBRARY_PATH", "/tmp/_MEI123")
     boinc_main_module.restore_library_path()
     assert "LD_LIBRARY_PATH" not in os.environ

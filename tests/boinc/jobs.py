@@ -28,7 +28,7 @@ done < "$in"
 HOST_JOB = """<job_desc>
   <task>
     <application>sh</application>
-    <command_line>$PROJECT_DIR/work.sh in.txt {step}</command_line>
+    <command_line>$PROJECT_DIR/work.sh boinc_resolve(in.txt) {step}</command_line>
     <stdout_filename>out.txt</stdout_filename>
     <checkpoint_filename>ck</checkpoint_filename>
     <fraction_done_filename>fd</fraction_done_filename>

@@ -125,6 +125,12 @@ def test_packaged_wrapper_runs_a_vm_task_under_the_client(
         task = client.wait_for(progress, "the guest's progress in boinccmd --get_tasks")
         assert float(task["current CPU time"]) > 0, "QEMU's CPU time"
         client.wait_log(r"\[checkpoint\] result vm1_0 checkpointed")
+        task = client.get_task(job.result)
+        assert task is not None
+        # the CPU time when the checkpoint was written, QEMU's included
+        assert 0 < float(task["CPU time at last checkpoint"]) <= float(task["current CPU time"]), (
+            task
+        )
         log = stderr_txt(client)
         assert "vmwu wrap under BOINC client 7.20.5: result vm1_0, checkpoint every 3 s" in log
         assert "copied into the node cache" in log
@@ -148,6 +154,7 @@ def test_packaged_wrapper_runs_a_vm_task_under_the_client(
         at_quit = step(wrapper_status(client))
         assert client.quit() == 0
         assert "stopped (the client quit)" in stderr_txt(client)
+        assert "the BOINC client starts the task again when it next runs it" in stderr_txt(client)
         assert not qemu_processes(client.data), "no QEMU outlives the wrapper"
 
         abort_job = server.add_job(Job("vm2", "vmwu", outputs=("steps.log",)))
@@ -162,6 +169,10 @@ def test_packaged_wrapper_runs_a_vm_task_under_the_client(
         restored = re.search(r"guest at [\d.]+%: step (\d+) of", report.stderr_out)
         assert restored and int(restored.group(1)) >= at_quit - 3, report.stderr_out
         assert report.final_cpu_time is not None and report.final_cpu_time > 1
+        again = re.search(
+            r"restarted at the client's last checkpoint: ([\d.]+) s CPU", report.stderr_out
+        )
+        assert again and 0 < float(again.group(1)) < report.final_cpu_time, report.stderr_out
 
         client.wait_for(
             lambda: step(wrapper_status(client)) >= 2 and "vm2_0" in stderr_txt(client),

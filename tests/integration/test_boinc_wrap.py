@@ -66,6 +66,9 @@ def test_vmwu_wrap_host_job_under_the_client(
     assert server.output(job, "out.txt") == lines(30).upper()
     assert "vmwu wrap under BOINC client 7.20.5: result wrap1_0" in report.stderr_out
     assert "called boinc_finish(0)" in report.stderr_out
+    # boinc_resolve(in.txt) on the command line: the input's physical file
+    project = client.project.name
+    assert f"work.sh ../../projects/{project}/wrap1_in.txt 0.2" in report.stderr_out
     assert client.wait_exit(120) == 0
 
 
@@ -98,6 +101,43 @@ def test_missing_tool_postpones_the_task(
     assert job.result not in server.reports, "no computation error is reported"
     task = client.get_task(job.result)
     assert task is not None and task.get("state") != "compute error"
+
+
+def test_not_enough_memory_postpones_the_task(
+    tmp_path: Path,
+    server: ProjectServer,
+    boinc_client: Callable[[App], BoincClient],
+    vmwu: Vmwu,
+) -> None:
+    """A unit whose guest needs more memory than the host has available now (16 TiB):
+    the client postpones the task for an hour with the reason, keeps it (state
+    downloaded, to run again) and reports no error."""
+    vmwu.pack("true", name="big", extra={"vmm-memory": str(16 * 1024 * 1024)})
+    job_xml = vmwu.tmp / "job.xml"
+    job_xml.write_text(
+        "<job_desc><task><virtualmachine>big.ova</virtualmachine></task></job_desc>\n"
+    )
+    pkg = tmp_path / "pkg"
+    script = venv_wrapper(tmp_path)
+    result = run_vmwu("wrap", "package", job_xml, "-o", pkg, "--executable", script, env=vmwu.env)
+    assert result.returncode == 0, result.stderr
+    job = server.add_job(Job("bigmem1", "vmwu"))
+    client = boinc_client(App.from_package("vmwu", pkg))
+    client.start(exit_when_idle=False)
+    match = client.wait_log(r"Task bigmem1_0 postponed for (\d+) seconds: (.*)")
+    assert match.group(1) == "3600"
+    assert re.search(
+        r"not enough memory for the VM now: it needs 16777316 MiB \(16777216 MiB for the "
+        r"guest, 100 for QEMU\) and \d+ MiB are available \(MemAvailable\) "
+        r"\(close programs or run it later\)$",
+        match.group(2),
+    ), match.group(2)
+    task = client.wait_for(
+        lambda: (t := client.get_task(job.result)) and t.get("active_task_state") and t,
+        "the task in boinccmd --get_tasks",
+    )
+    assert task["state"] == "downloaded", task  # to run again, not "compute error"
+    assert job.result not in server.reports, "no computation error is reported"
 
 
 def test_wrapper_ends_when_the_client_dies(

@@ -155,6 +155,11 @@ class Control:
             return None
         return Request(action, "socket", conn)
 
+    def resume_hint(self, slot: Path, source: str) -> str:
+        """What happens to a job stopped with a checkpoint by a quit from ``source``: it
+        goes on when someone runs the wrapper again."""
+        return f"run `vmwu wrap` again in {slot} to resume"
+
     def status_changed(self, data: dict[str, Any]) -> None:
         """The wrapper wrote its status (``data``): nothing to do here, the status file is
         the report. A control source that reports elsewhere (BOINC) overrides this."""

@@ -44,7 +44,7 @@ from vmwu.run.prepare import Prepared, RunOptions
 from vmwu.vmm import warm
 from vmwu.vmm.guestrun import GuestRun
 from vmwu.vmm.snapshot import save_vm, wait_incoming
-from vmwu.wrapper import vmunit
+from vmwu.wrapper import hostcheck, vmunit
 from vmwu.wrapper.checkpoint import Checkpoint, CheckpointStore
 from vmwu.wrapper.fsutil import sparse_copy
 from vmwu.wrapper.jobxml import TaskSpec
@@ -167,7 +167,12 @@ class VmTask:
         opts = self.run_options()
         shutil.rmtree(self.task_dir / "output", ignore_errors=True)  # from an earlier run
         self.instance = Instance(opts)
-        self.instance.prepare()
+        prepared = self.instance.prepare()
+        try:
+            hostcheck.check_memory(prepared.cfg.memory_mib)
+        except hostcheck.NotEnoughMemory:
+            self.stop()
+            raise
         return self.instance
 
     # -- starting --------------------------------------------------------------------------
@@ -241,6 +246,7 @@ class VmTask:
         return self._finish(instance)
 
     def _finish(self, instance: Instance) -> int:
+        self._check_accelerator(instance)
         result = instance.collect()
         assert result.status is not None and instance.prepared is not None
         result.status.write(instance.prepared.out_dir)
@@ -251,6 +257,20 @@ class VmTask:
         self.error = result.error
         self._copy_outputs(result.output_dir, ok=result.exit_code == 0)
         return self.result.exit_code
+
+    def _check_accelerator(self, instance: Instance) -> None:
+        """QEMU that ended at once because it could not use KVM (another hypervisor holds
+        the CPU's virtualization, say): trouble of this host, not of the job."""
+        guest = instance.guest
+        if guest is None or guest.state.event_count or guest.machine.returncode in (0, None):
+            return
+        reason = hostcheck.accelerator_trouble(guest.machine.qemu_log_tail(20))
+        if reason is not None:
+            self.stop()
+            raise hostcheck.AcceleratorTrouble(
+                f"QEMU could not use the accelerator: {reason}",
+                hint="close the other virtual machine program (VirtualBox, VMware)",
+            )
 
     def _copy_outputs(self, out: Path, *, ok: bool) -> None:
         """stdout/stderr and the ``copy_file_from_VM`` files into the slot directory,

@@ -14,12 +14,13 @@ restart from the beginning and find their own checkpoint files, as under BOINC.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any
 from vmwu.errors import ExitCode, GuestTimeout, VmwuError
 from vmwu.locks import held_by_this_process
 from vmwu.sizes import format_size
+from vmwu.wrapper.boinc.links import resolve_phrases
 from vmwu.wrapper.checkpoint import Checkpoint, CheckpointStore
 from vmwu.wrapper.control import Action, Control, Request
 from vmwu.wrapper.jobxml import JobDesc, TaskKind, TaskSpec, expand, load_job
@@ -60,6 +62,10 @@ class WrapOptions:
     vm: VmSettings = field(default_factory=VmSettings)
     fresh: bool = False
     quiet: bool = False
+    # BOINC's logical names: name -> the path boinc_resolve_filename gives for it (the
+    # client's soft link, relative to the slot). `boinc_resolve(NAME)` on a host task's
+    # command line becomes that path (NAME itself when it is not here).
+    names: Mapping[str, str] = field(default_factory=dict)
 
 
 def socket_path(slot: Path) -> Path:
@@ -69,9 +75,10 @@ def socket_path(slot: Path) -> Path:
 class _Stop(Exception):
     """A quit or abort request ended the job early."""
 
-    def __init__(self, action: Action, message: str) -> None:
+    def __init__(self, action: Action, message: str, source: str = "") -> None:
         super().__init__(message)
         self.action = action
+        self.source = source  # who asked: "SIGTERM", "socket", "BOINC client", …
 
 
 class Wrapper:
@@ -102,6 +109,13 @@ class Wrapper:
         self.task_status: TaskStatus | None = None
         self.daemons: list[HostTask] = []
         self.cpu_base = 0.0  # CPU seconds of everything but the current task's live processes
+        # and this wrapper process's own CPU time in this run
+        self.run_cpu0 = 0.0  # cpu_time() when this run started
+        self._own0 = time.process_time()
+        # this run's CPU time (cpu_time() - run_cpu0) when the last checkpoint of this run
+        # was written: a VM checkpoint (when the guest was paused for it), a host task's
+        # checkpoint file, a task's or the unzip tasks' end. What a restart goes on from.
+        self.checkpoint_run_cpu: float | None = None
         self.checkpoint_info: dict[str, Any] | None = None
         self.restored_from: str | None = None
         self.restore_seconds: float | None = None
@@ -119,10 +133,25 @@ class Wrapper:
         if not self.opts.quiet:
             print(f"vmwu wrap: {message}", file=sys.stderr, flush=True)
 
+    def own_cpu_time(self) -> float:
+        """This wrapper process's own CPU seconds in this run."""
+        return time.process_time() - self._own0
+
     def cpu_time(self) -> float:
+        """CPU seconds of the job: every run's tasks (QEMU's included) and wrappers."""
         live = self.current.cpu_seconds() if self.current is not None else 0.0
         live += sum(d.cpu_seconds() for d in self.daemons)
-        return self.cpu_base + live
+        return self.cpu_base + live + self.own_cpu_time()
+
+    def run_cpu_time(self) -> float:
+        """CPU seconds of this run alone."""
+        return self.cpu_time() - self.run_cpu0
+
+    def _checkpointed(self, run_cpu: float | None = None) -> None:
+        """A checkpoint has been written; ``run_cpu`` is this run's CPU time at the moment
+        it was (now, unless given)."""
+        self.checkpoint_run_cpu = round(self.run_cpu_time() if run_cpu is None else run_cpu, 3)
+        self.state.last_checkpoint = time.time()
 
     def _status_data(self) -> dict[str, Any]:
         weights = [t.weight for t in self.job.tasks]
@@ -142,6 +171,9 @@ class Wrapper:
             if self.runstate is RunState.DONE
             else fraction_done(weights, self.state.task_index, current),
             "cpu_time": round(self.cpu_time(), 3),
+            "run_cpu_time": round(self.run_cpu_time(), 3),
+            "wrapper_cpu_time": round(self.own_cpu_time(), 3),
+            "checkpoint_run_cpu_time": self.checkpoint_run_cpu,
             "elapsed": round(self.state.elapsed, 3),
             "last_checkpoint": last,
             "last_checkpoint_utc": None
@@ -214,7 +246,9 @@ class Wrapper:
                 return int(self.state.exit_code or 0)
             self._clean_leftovers()
             self.state.starts += 1
+            self._own0 = time.process_time()
             self.cpu_base = self.state.cpu_time
+            self.run_cpu0 = self.cpu_time()
             self.save_state()
             self.write_status()
             self.control = self._control_factory(self.socket)
@@ -257,6 +291,7 @@ class Wrapper:
                     if code != 0:
                         return self._finish(code, f"unzip task failed with exit code {code}")
                 self.state.unzipped = True
+                self._checkpointed()
                 self.save_state()
             self._start_daemons()
             while self.state.task_index < len(self.job.tasks):
@@ -267,6 +302,7 @@ class Wrapper:
                     return self._finish(code, self.state.message or f"task {index + 1} failed")
                 self.state.task_index += 1
                 self.state.task_elapsed = 0.0
+                self._checkpointed()  # a restart goes on with the next task
                 self.save_state()
                 self.store.drop_all()  # only after the state says the task is done
             return self._finish(0, "done")
@@ -310,7 +346,8 @@ class Wrapper:
         self.state.message = str(stop)
         self.save_state()
         self.write_status()
-        self.report(f"{stop}; run `vmwu wrap` again in {self.slot} to resume")
+        if self.control is not None:
+            self.report(f"{stop}; {self.control.resume_hint(self.slot, stop.source)}")
         return int(TEMPORARY_EXIT)
 
     def _start_daemons(self) -> None:
@@ -318,8 +355,8 @@ class Wrapper:
         for spec in self.job.daemons:
             if spec.kind is TaskKind.MANAGE and not self.job.has_vm_tasks:
                 continue
-            task = expand(spec, self.macros)
-            daemon = HostTask(task, self.slot, task.where(self.job.source), self.opts.extra_args)
+            task, extra = self._resolved(expand(spec, self.macros), spec.where(self.job.source))
+            daemon = HostTask(task, self.slot, task.where(self.job.source), extra)
             daemon.check()
             daemon.start()
             self.report(f"started daemon {daemon.label}")
@@ -341,7 +378,8 @@ class Wrapper:
     def _run_host(self, spec: TaskSpec, index: int, kind: str = "host") -> int:
         task = expand(spec, self.macros)
         where = f"{task.where(self.job.source)}" + (f" {index + 1}" if index >= 0 else "")
-        runner = HostTask(task, self.slot, where, self.opts.extra_args)
+        task, extra = self._resolved(task, where)
+        runner = HostTask(task, self.slot, where, extra)
         runner.check()
         runner.start()
         if self.suspended:
@@ -356,7 +394,7 @@ class Wrapper:
                 if mtime is not None and mtime != last_ck:
                     # the app checkpointed: what the wrapper knows is saved beside it
                     last_ck = mtime
-                    self.state.last_checkpoint = mtime
+                    self._checkpointed()
                     self.save_state()
                 self._check_time_limit(runner, task, where)
                 self._tick()
@@ -372,11 +410,10 @@ class Wrapper:
     def _run_vm(self, spec: TaskSpec, index: int) -> int:
         task = expand(spec, self.macros)
         where = f"{task.where(self.job.source)} {index + 1}"
+        task, extra = self._resolved(task, where, in_vm=True)
         task_dir = self.dir / "tasks" / str(index + 1)
         task_dir.mkdir(parents=True, exist_ok=True)
-        runner = VmTask(
-            task, index, self.slot, task_dir, where, self.opts.vm, self.opts.extra_args, self.report
-        )
+        runner = VmTask(task, index, self.slot, task_dir, where, self.opts.vm, extra, self.report)
         runner.check()
         self._start_vm(runner, index)
         self._begin(runner, index, "vm")
@@ -429,6 +466,28 @@ class Wrapper:
         self.state.instance_dir = os.fspath(runner.instance_dir) if runner.instance_dir else None
         self.save_state()
 
+    def _resolved(
+        self, task: TaskSpec, where: str, *, in_vm: bool = False
+    ) -> tuple[TaskSpec, tuple[str, ...]]:
+        """The task, and the wrapper's extra arguments, with BOINC's
+        ``boinc_resolve(NAME)`` phrases replaced. On the host, NAME becomes the path of
+        the file it stands for (as BOINC's wrapper resolves it), relative to the task's
+        working directory. In a VM the files are the guest's: NAME stays NAME (a
+        base-image task finds its ``copy_file_to_VM`` files under their names in its
+        working directory, a unit at ``/cdrom/NAME``)."""
+
+        def resolve(name: str) -> str:
+            if in_vm or name not in self.opts.names:
+                return name
+            path = self.opts.names[name]
+            if task.exec_dir and not os.path.isabs(path):
+                return os.path.relpath(self.slot / path, self.slot / task.exec_dir)
+            return path
+
+        line = resolve_phrases(task.command_line, resolve, where)
+        extra = resolve_phrases(self.opts.extra_args, resolve, f"{where}: -- arguments")
+        return dataclasses.replace(task, command_line=tuple(line)), tuple(extra)
+
     def _check_time_limit(self, runner: Runner, task: TaskSpec, where: str) -> None:
         limit = task.time_limit
         if limit is None or self.state.task_elapsed <= limit:
@@ -444,6 +503,7 @@ class Wrapper:
         self.runstate = RunState.CHECKPOINTING
         self.write_status()
         t0 = time.monotonic()
+        run_cpu = self.run_cpu_time()  # the guest is paused for the checkpoint right after
         meta = {"cpu_time": round(self.cpu_time(), 3), "task_elapsed": self.state.task_elapsed}
         try:
             ck = runner.checkpoint(self.store, meta)
@@ -466,6 +526,7 @@ class Wrapper:
             "guest_paused_seconds": runner.paused_seconds,
             "size_bytes": size,
         }
+        self._checkpointed(run_cpu)
         self.state.last_checkpoint = ck.created
         self.save_state()
         self.write_status()
@@ -519,7 +580,7 @@ class Wrapper:
         elif action is Action.QUIT:
             message = self._quit(runner, request.source)
             request.reply({"ok": True, "state": RunState.TEMPORARY_EXIT.value, "message": message})
-            raise _Stop(Action.QUIT, message)
+            raise _Stop(Action.QUIT, message, request.source)
         elif action is Action.ABORT:
             runner.stop()
             self.report(f"aborting ({request.source})")

@@ -256,17 +256,34 @@ class BoincSession:
 
     # -- the end ------------------------------------------------------------------------------
 
-    def _flush_status(self, cpu_time: float, fraction_done: float | None, wait: float) -> None:
+    def flush_status(
+        self,
+        cpu_time: float,
+        fraction_done: float | None,
+        wait: float,
+        *,
+        checkpoint_cpu_time: float | None = None,
+        until_read: bool = False,
+    ) -> bool:
         """The last app status. The client takes one a second; if the one before is
-        still unread after ``wait`` seconds, it is replaced (this one supersedes it)."""
+        still unread after ``wait`` seconds, it is replaced (this one supersedes it).
+        With ``until_read``, wait (within the same ``wait``) for the client to take this
+        one too. True if the client has taken it (or it was not asked to wait)."""
+        if checkpoint_cpu_time is not None:
+            self.checkpoint_cpu_time = checkpoint_cpu_time
         end = self._clock() + wait
         while not self.report(cpu_time, fraction_done, force=True):
             if self._clock() >= end:
                 text = status_message(cpu_time, self.checkpoint_cpu_time, fraction_done, self.init)
                 self.shm.send(Channel.APP_STATUS, text, overwrite=True)
                 self.last_status = text
-                return
+                break
             time.sleep(0.1)
+        while until_read and self.shm.pending(Channel.APP_STATUS):
+            if self._clock() >= end:
+                return False
+            time.sleep(0.1)
+        return True
 
     def finish(
         self,
@@ -281,7 +298,7 @@ class BoincSession:
         ``boinc_finish_called`` and return ``status`` for the caller to exit with. An exit
         0 without that file would be a "premature exit" the client restarts."""
         self.log(f"called boinc_finish({status})")
-        self._flush_status(cpu_time, 1.0 if status == 0 else None, wait)
+        self.flush_status(cpu_time, 1.0 if status == 0 else None, wait)
         text = f"{status}\n"
         if message:
             text += f"{_one_line(message)}\n{'notice' if notice else ''}\n"

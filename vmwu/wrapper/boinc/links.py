@@ -26,13 +26,14 @@ import contextlib
 import os
 import re
 import stat
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vmwu.errors import BadInput
 
 FIRST_LINE_MAX = 512
 _SOFT_LINK = re.compile(r"<soft_link>(.*?)</soft_link>")
-_RESOLVE_PHRASE = re.compile(r"boinc_resolve\(([^()]*)\)")
+RESOLVE_PHRASE = "boinc_resolve("
 
 
 def soft_link_target(data: bytes) -> str | None:
@@ -175,7 +176,26 @@ class LogicalNames:
             moved.append(name)
         return moved, missing
 
-    def resolve_args(self, args: list[str]) -> list[str]:
+    def resolve_args(self, args: list[str], where: str = "command line") -> list[str]:
         """BOINC's wrapper: every ``boinc_resolve(NAME)`` in an argument is replaced by
         the path NAME resolves to."""
-        return [_RESOLVE_PHRASE.sub(lambda m: self.resolve(m.group(1)), a) for a in args]
+        return resolve_phrases(args, self.resolve, where)
+
+
+def resolve_phrases(args: Sequence[str], resolve: Callable[[str], str], where: str) -> list[str]:
+    """Each ``boinc_resolve(NAME)`` in ``args`` replaced by ``resolve(NAME)``, as BOINC's
+    wrapper does to a task's command line (samples/wrapper/wrapper.cpp, TASK::run): NAME
+    runs to the first ``)``; a phrase without one is an error. The text put in is not
+    searched again."""
+    out = []
+    for arg in args:
+        parts: list[str] = []
+        rest = arg
+        while (start := rest.find(RESOLVE_PHRASE)) >= 0:
+            end = rest.find(")", start)
+            if end < 0:
+                raise BadInput(f"{where}: missing ')' after 'boinc_resolve(' in {arg[:200]!r}")
+            parts += [rest[:start], resolve(rest[start + len(RESOLVE_PHRASE) : end])]
+            rest = rest[end + 1 :]
+        out.append("".join(parts) + rest)
+    return out

@@ -17,8 +17,9 @@
    result is uploaded; else a computation error with the message in stderr.txt); after
    ``<quit/>`` or with the client gone, exit 0 (the client restarts the task, which goes on
    from its checkpoint); after ``<abort/>``, exit 194; a transient host problem (QEMU or
-   another tool missing, the host's disk full, …): ``boinc_temporary_exit`` with the reason,
-   so the client retries later instead of failing the workunit.
+   another tool missing, not enough memory for the VM now, KVM busy or unusable, the
+   host's disk full, …): ``boinc_temporary_exit`` with the reason, so the client retries
+   later instead of failing the workunit.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vmwu.digest import copy_sha256
 from vmwu.errors import ExitCode, HostFailure, ToolNotFound, VmwuError
@@ -41,7 +42,7 @@ from vmwu.wrapper.boinc.api import (
     running_under_client,
     write_temporary_exit,
 )
-from vmwu.wrapper.boinc.control import BoincControl
+from vmwu.wrapper.boinc.control import RESTART_AFTER_STOP, BoincControl
 
 if TYPE_CHECKING:
     from vmwu.wrapper.wrapper import WrapOptions
@@ -73,32 +74,42 @@ def boinc_main(argv: Sequence[str]) -> int:
         return write_temporary_exit(slot, DELAY_SLOT_BUSY, f"{exc}: another instance may run")
     with session:
         init = session.init
+        again = ""
+        if init.wu_cpu_time > 0 or init.starting_elapsed_time > 0:
+            again = (
+                f"; restarted at the client's last checkpoint: {init.wu_cpu_time:.1f} s CPU, "
+                f"{init.starting_elapsed_time:.1f} s elapsed"
+            )
         session.log(
             f"vmwu wrap under BOINC client {init.client_version}: result {init.result_name}, "
-            f"checkpoint every {init.checkpoint_period:g} s"
+            f"checkpoint every {init.checkpoint_period:g} s{again}"
         )
         controls: list[BoincControl] = []
         try:
-            outputs = remember_outputs(slot, session.names.materialize()[1])
+            inputs, found = session.names.materialize()
+            outputs = remember_outputs(slot, found)
             # vmwu's node cache and catalog live in the project directory: shared by the
             # project's tasks, kept between them, removed with the project.
             if init.project_dir:
                 os.environ.setdefault("VMWU_HOME", os.path.join(init.project_dir, "vmwu"))
             seed_base_files(slot, session)
-            opts = _wrap_options(argv, slot, session)
+            opts = _wrap_options(argv, slot, session, {**inputs, **outputs})
             code = _run_job(opts, session, outputs, controls)
         except (ToolNotFound, HostFailure) as exc:
             return session.temporary_exit(_delay(exc), str(exc), notice=True)
         except VmwuError as exc:
             session.log(f"vmwu wrap: error: {exc}")
             return session.finish(int(exc.exit_code), cpu_time=init.wu_cpu_time, message=str(exc))
-        cpu = _last_cpu(controls[0]) if controls else init.wu_cpu_time
-        return _tell_client(session, code, cpu)
+        last = controls[0].last_report if controls else {}
+        return _tell_client(session, code, last)
 
 
-def _wrap_options(argv: Sequence[str], slot: Path, session: BoincSession) -> WrapOptions:
+def _wrap_options(
+    argv: Sequence[str], slot: Path, session: BoincSession, names: dict[str, str]
+) -> WrapOptions:
     """``vmwu wrap``'s options, with the client's settings where the command line gives
-    none: the job file in the slot, its checkpoint period, its number of CPUs."""
+    none: the job file in the slot, its checkpoint period, its number of CPUs; ``names``
+    are the slot's logical names (name -> path, as ``boinc_resolve_filename`` gives it)."""
     from vmwu.wrapper.cli import wrap_parser
     from vmwu.wrapper.tasks_vm import VmSettings
     from vmwu.wrapper.wrapper import WrapOptions
@@ -137,6 +148,7 @@ def _wrap_options(argv: Sequence[str], slot: Path, session: BoincSession) -> Wra
         ),
         fresh=False,
         quiet=args.quiet,
+        names=names,
     )
     if not job.is_file():
         raise VmwuError(f"job file {job} is missing from the slot")
@@ -168,20 +180,35 @@ def _run_job(
     return code
 
 
-def _tell_client(session: BoincSession, code: int, cpu: float) -> int:
+def _tell_client(session: BoincSession, code: int, last: dict[str, Any]) -> int:
     """How the run ended, told the client's way: finished (uploaded or a computation
-    error), aborted, to be restarted from its checkpoint, or a temporary exit."""
+    error), aborted, to be restarted from its checkpoint, or a temporary exit. ``last`` is
+    the last app status (:attr:`BoincControl.last_report`)."""
     state = session.state
+    cpu = float(last.get("cpu_time", session.init.wu_cpu_time))
     if state.abort_requested:
         session.log("aborted by the client")
         return EXIT_ABORTED_BY_CLIENT
     if code == int(ExitCode.INTERRUPTED) and (state.quit_requested or state.client_gone):
         why = "the client quit" if state.quit_requested else "the client is gone"
+        if state.quit_requested and last:
+            # The quit's checkpoint: a client that quits the task to free the CPU still
+            # reads app status and records its CPU time; one that is shutting down reads
+            # no more, and restarts the task from the accounting of the checkpoint before.
+            taken = session.flush_status(
+                cpu,
+                last.get("fraction_done"),
+                wait=3.0,
+                checkpoint_cpu_time=last.get("checkpoint_cpu_time"),
+                until_read=True,
+            )
+            if not taken:
+                session.log("the client did not read the last status (it is shutting down)")
         session.log(f"stopped ({why}); the client restarts the task from its checkpoint")
         return 0
     if code == int(ExitCode.INTERRUPTED):
         # Stopped by a signal or `vmwu wrap ctl quit`, not by the client: come back soon.
-        return session.temporary_exit(60, "vmwu wrap was stopped on this host")
+        return session.temporary_exit(RESTART_AFTER_STOP, "vmwu wrap was stopped on this host")
     message = None if code == 0 else f"the job failed with exit code {code}"
     return session.finish(code, cpu_time=cpu, message=message)
 
@@ -235,13 +262,14 @@ def seed_base_files(slot: Path, session: BoincSession) -> list[str]:
     return seeded
 
 
-def _last_cpu(control: BoincControl) -> float:
-    reported = control.last_report.get("cpu_time")
-    return float(reported) if reported is not None else control.session.init.wu_cpu_time
-
-
 def _delay(exc: VmwuError) -> int:
-    return DELAY_MISSING_TOOL if isinstance(exc, ToolNotFound) else DELAY_HOST_FAILURE
+    from vmwu.wrapper.hostcheck import HostNotReady
+
+    if isinstance(exc, ToolNotFound):
+        return DELAY_MISSING_TOOL
+    if isinstance(exc, HostNotReady):
+        return exc.retry_after
+    return DELAY_HOST_FAILURE
 
 
 def main() -> int:
