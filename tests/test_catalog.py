@@ -24,6 +24,7 @@ from vmwu.bases.catalog import (
     format_choices,
 )
 from vmwu.errors import BadInput, BaseNotFound
+from vmwu.guest.protocol import AGENT_VERSION
 from vmwu.unit.model import BootMethod, FileRole
 
 MakeBase = Callable[..., BaseImage]
@@ -194,6 +195,34 @@ def test_add_get_list_remove(cat: Catalog, make_base: MakeBase) -> None:
         cat.remove("tiny")
     # ids are never reused: a listed ID always names the same base
     assert cat.add(make_base("tiny")).id == 3
+
+
+def test_agent_version_is_stored_as_before(cat: Catalog, make_base: MakeBase) -> None:
+    """The column keeps its text ("1", "none"; "" in old rows, read as this vmwu's agent);
+    Python sees an int, or None for an image without the vmwu agent."""
+    cat.add(make_base("tiny"))
+    cat.add(replace(make_base("imported", disk=True), agent_version=None))
+    with sqlite3.connect(cat.path) as db:
+        texts = dict(db.execute("SELECT name, agent_version FROM bases").fetchall())
+        assert texts == {"tiny": str(AGENT_VERSION), "imported": "none"}
+        db.execute("UPDATE bases SET agent_version = '' WHERE name = 'tiny'")
+    assert cat.get("tiny").agent_version == AGENT_VERSION
+    assert cat.get("imported").agent_version is None
+    assert cat.get("imported").to_dict()["agent_version"] == "none"  # base show --json
+
+
+def test_a_garbage_agent_version_in_the_catalog_is_one_line(
+    cat: Catalog, make_base: MakeBase
+) -> None:
+    cat.add(make_base("tiny"))
+    with sqlite3.connect(cat.path) as db:
+        db.execute("UPDATE bases SET agent_version = 'v1' WHERE name = 'tiny'")
+    with pytest.raises(BadInput) as err:
+        cat.get("tiny")
+    assert str(err.value) == (
+        "base 'tiny' in the catalog: agent version 'v1' is neither a number nor 'none' "
+        "(point --catalog or VMWU_CATALOG at another file, or move this one away)"
+    )
 
 
 def test_duplicate_name_and_replace(cat: Catalog, make_base: MakeBase) -> None:

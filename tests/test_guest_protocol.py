@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import re
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from vmwu import guest
 from vmwu.guest import protocol
 from vmwu.guest.protocol import Event, KernelOption, Label
@@ -90,3 +94,37 @@ def test_an_agent_of_another_protocol_is_refused() -> None:
     state = InstanceState()
     state.apply({"event": "booted"}, 1.0)  # an agent older than versioned events
     assert state.agent_error is None
+
+
+# -- a base's agent version as the catalog and the descriptor write it -------------------------
+
+
+@given(st.none() | st.integers(min_value=0, max_value=999_999))
+def test_agent_version_text_round_trips(version: int | None) -> None:
+    assert protocol.parse_agent_version(protocol.agent_version_text(version)) == version
+
+
+def test_agent_version_texts_on_disk_read_as_before() -> None:
+    assert protocol.agent_version_text(None) == "none"
+    assert protocol.agent_version_text(1) == "1"
+    assert protocol.parse_agent_version("none") is None
+    assert protocol.parse_agent_version(" 1\n") == 1
+    # empty: a catalog row or unit from before the field was filled, read as pack always did
+    assert protocol.parse_agent_version("") == protocol.AGENT_VERSION
+
+
+@given(st.text(max_size=60))
+def test_agent_version_garbage_is_one_line(text: str) -> None:
+    value = text.strip()
+    if value == "" or value == "none" or re.fullmatch(r"[0-9]{1,6}", value):
+        return  # the texts that mean something (above)
+    with pytest.raises(ValueError) as err:
+        protocol.parse_agent_version(text)
+    message = str(err.value)
+    assert "\n" not in message and "neither a number nor 'none'" in message
+
+
+@pytest.mark.parametrize("text", ["None", "v1", "1.0", "-1", "+1", "١", "1 2", "1234567", "0x1"])
+def test_agent_version_rejects_lookalikes(text: str) -> None:
+    with pytest.raises(ValueError, match="neither a number nor 'none'"):
+        protocol.parse_agent_version(text)

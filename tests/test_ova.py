@@ -16,6 +16,7 @@ import pytest
 from tests.units import APP, OUT, craft, edit, good_entries, make_desc, reg, sha, special
 from vmwu.digest import file_sha256
 from vmwu.errors import HostDiskFull, UnitError
+from vmwu.guest.protocol import AGENT_VERSION
 from vmwu.unit.archive import write_ova
 from vmwu.unit.descriptor import MAX_DESCRIPTOR_BYTES
 from vmwu.unit.manifest import parse_manifest, render_manifest
@@ -67,10 +68,33 @@ def test_round_trip_awkward_text() -> None:
         description="  two\nlines\r\nwith <tags> & \"quotes\" 'and' ünïcødé\t ",
         app_launch='sh -c "a && b > /output/x" \n',
         layout=GuestLayout(app_dir="/srv/app dir", script_name="run me.sh"),
-        base=dataclasses.replace(make_desc().base, cmdline="", agent_version=""),
+        base=dataclasses.replace(make_desc().base, cmdline="", agent_version=None),
         timeout=0.1,
     )
     assert parse_ovf(render_ovf(desc), "u.ovf") == desc
+
+
+def test_agent_version_is_the_same_text_on_disk() -> None:
+    """vmwu:AgentVersion keeps its text ("1", "none"), so units packed before it was typed
+    still read; an empty or absent element is this vmwu's agent, as pack always read it."""
+    with_agent = render_ovf(make_desc())
+    assert b"<vmwu:AgentVersion>1</vmwu:AgentVersion>" in with_agent
+    none = make_desc(base=dataclasses.replace(make_desc().base, agent_version=None))
+    assert b"<vmwu:AgentVersion>none</vmwu:AgentVersion>" in render_ovf(none)
+    assert parse_ovf(render_ovf(none), "u.ovf").base.agent_version is None
+    for old in ("<vmwu:AgentVersion></vmwu:AgentVersion>", ""):
+        data = edit(with_agent, "<vmwu:AgentVersion>1</vmwu:AgentVersion>", old)
+        assert parse_ovf(data, "u.ovf").base.agent_version == AGENT_VERSION
+
+
+@pytest.mark.parametrize("text", ["garbage", "None", "1.0", "-1", "99999999"])
+def test_agent_version_garbage_is_one_line(text: str) -> None:
+    data = edit(render_ovf(make_desc()), ">1</vmwu:AgentVersion>", f">{text}</vmwu:AgentVersion>")
+    with pytest.raises(UnitError) as err:
+        parse_ovf(data, "u.ovf")
+    message = str(err.value)
+    assert "\n" not in message
+    assert message == (f"vmwu:Base: agent version {text!r} is neither a number nor 'none' in u.ovf")
 
 
 def test_render_is_deterministic_utf8_with_trailing_newline() -> None:

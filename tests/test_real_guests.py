@@ -200,10 +200,10 @@ def test_seed_is_a_cidata_volume_with_a_fresh_instance_id(tmp_path: Path) -> Non
 
 
 def test_only_bases_without_the_agent_get_a_seed() -> None:
-    base = BaseRef("b", "0" * 64, "x86_64", "linux", BootMethod.DISK, agent_version="none")
+    base = BaseRef("b", "0" * 64, "x86_64", "linux", BootMethod.DISK, agent_version=None)
     assert cloudinit.needs_seed(base)
     assert not cloudinit.needs_seed(
-        BaseRef("t", "0" * 64, "x86_64", "linux", BootMethod.DISK, agent_version="1")
+        BaseRef("t", "0" * 64, "x86_64", "linux", BootMethod.DISK, agent_version=1)
     )
 
 

@@ -38,7 +38,7 @@ def make_desc(blobs: dict[str, bytes] | None = None, **changes: object) -> UnitD
             guest_os="linux6.1",
             boot_method=BootMethod.DIRECT_KERNEL,
             cmdline="console=ttyS0 quiet",
-            agent_version="1",
+            agent_version=1,
         ),
         files=(
             UnitFile("kernel", "tiny-vmlinuz", FileRole.KERNEL, "1" * 64, 5000, False, "bzimage"),

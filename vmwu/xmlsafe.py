@@ -18,13 +18,9 @@ import io
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from xml.parsers import expat
-from xml.sax import InputSource, SAXParseException
-from xml.sax.handler import ContentHandler
-from xml.sax.xmlreader import AttributesImpl, Locator
 
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import DefusedXMLParser
-from defusedxml.expatreader import DefusedExpatParser
 
 
 class XmlRefused(Exception):
@@ -79,41 +75,48 @@ class Node:
     text_line: int = 0
 
 
-class _TreeBuilder(ContentHandler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.stack: list[Node] = []
-        self.root: Node | None = None
-        self.locator: Locator | None = None
-
-    def setDocumentLocator(self, locator: Locator) -> None:  # noqa: N802 (SAX's name)
-        self.locator = locator
-
-    def line(self) -> int:
-        return (self.locator.getLineNumber() or 0) if self.locator is not None else 0
-
-    def startElement(self, name: str, attrs: AttributesImpl) -> None:  # noqa: N802
-        node = Node(name, self.line(), dict(attrs.items()))
-        if self.stack:
-            self.stack[-1].children.append(node)
-        elif self.root is None:
-            self.root = node
-        self.stack.append(node)
-
-    def endElement(self, name: str) -> None:  # noqa: N802
-        self.stack.pop()
-
-    def characters(self, content: str) -> None:
-        if self.stack:
-            node = self.stack[-1]
-            if content.strip() and not node.text_line:
-                node.text_line = self.line()
-            node.text.append(content)
-
-
 def parse_nodes(data: bytes) -> Node:
     """The root of ``data`` as a :class:`Node` tree (encoding from the XML declaration)."""
-    builder = _TreeBuilder()
+    # xml.sax is imported here, not with the module: it pulls in urllib.request,
+    # http.client, ssl and email (~20 ms), which job.xml needs but `vmwu run` does not.
+    from xml.sax import InputSource, SAXParseException
+    from xml.sax.handler import ContentHandler
+    from xml.sax.xmlreader import AttributesImpl, Locator
+
+    from defusedxml.expatreader import DefusedExpatParser
+
+    class TreeBuilder(ContentHandler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stack: list[Node] = []
+            self.root: Node | None = None
+            self.locator: Locator | None = None
+
+        def setDocumentLocator(self, locator: Locator) -> None:  # noqa: N802 (SAX's name)
+            self.locator = locator
+
+        def line(self) -> int:
+            return (self.locator.getLineNumber() or 0) if self.locator is not None else 0
+
+        def startElement(self, name: str, attrs: AttributesImpl) -> None:  # noqa: N802
+            node = Node(name, self.line(), dict(attrs.items()))
+            if self.stack:
+                self.stack[-1].children.append(node)
+            elif self.root is None:
+                self.root = node
+            self.stack.append(node)
+
+        def endElement(self, name: str) -> None:  # noqa: N802
+            self.stack.pop()
+
+        def characters(self, content: str) -> None:
+            if self.stack:
+                node = self.stack[-1]
+                if content.strip() and not node.text_line:
+                    node.text_line = self.line()
+                node.text.append(content)
+
+    builder = TreeBuilder()
     parser = DefusedExpatParser(forbid_dtd=True)
     parser.setContentHandler(builder)
     source = InputSource()

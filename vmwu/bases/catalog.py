@@ -38,6 +38,7 @@ from typing import Any, TextIO
 from vmwu import paths
 from vmwu.arch import canonical_arch, guest_can_run, os_matches, parse_os
 from vmwu.errors import BadInput, BaseNotFound, HostDiskFull, HostFailure
+from vmwu.guest.protocol import AGENT_VERSION, agent_version_text, parse_agent_version
 from vmwu.unit.model import BASE_ROLES, BootMethod, FileRole
 
 SCHEMA_VERSION = 1
@@ -173,7 +174,7 @@ class BaseImage:
     cdrom_device: str = "LABEL=VMWU-INST"
     script_template: str | None = None
     date_added: str = ""
-    agent_version: str = ""
+    agent_version: int | None = AGENT_VERSION  # None: no vmwu agent (an imported image)
     cmdline: str = ""
     cdrom_as_hard_disk: bool = True
     files: tuple[BaseFile, ...] = field(default=())
@@ -207,6 +208,7 @@ class BaseImage:
         """JSON-ready form (``vmwu base list/show --json``)."""
         data = asdict(self)
         data["boot_method"] = str(self.boot_method)
+        data["agent_version"] = agent_version_text(self.agent_version)
         data["files"] = [f.to_dict() for f in self.files]
         return data
 
@@ -271,12 +273,25 @@ def _validate(base: BaseImage) -> BaseImage:
     )
 
 
+_CONVERTED = ("cdrom_as_hard_disk", "agent_version")
+
+
+def _row_agent_version(row: sqlite3.Row) -> int | None:
+    """A row's ``agent_version`` text ("1", "none", or "" in old rows) as a version."""
+    try:
+        return parse_agent_version(row["agent_version"])
+    except ValueError as exc:
+        raise BadInput(f"base '{row['name']}' in the catalog: {exc}", hint=CORRUPT_HINT) from None
+
+
 def _column_value(base: BaseImage, column: str) -> Any:
     value = getattr(base, column)
     if column == "cdrom_as_hard_disk":
         return int(value)
     if column == "boot_method":
         return str(value)
+    if column == "agent_version":
+        return agent_version_text(value)
     return value
 
 
@@ -455,7 +470,8 @@ class Catalog:
         return [
             BaseImage(
                 id=row["id"],
-                **{c: row[c] for c in _BASE_COLUMNS if c != "cdrom_as_hard_disk"},
+                **{c: row[c] for c in _BASE_COLUMNS if c not in _CONVERTED},
+                agent_version=_row_agent_version(row),
                 cdrom_as_hard_disk=bool(row["cdrom_as_hard_disk"]),
                 files=tuple(files[row["id"]]),
             )

@@ -34,7 +34,6 @@ from vmwu.bases.catalog import BaseFile, BaseImage, Catalog, base_identity
 from vmwu.digest import file_sha256
 from vmwu.errors import BadInput
 from vmwu.images import inspect, qemu_img
-from vmwu.run.cloudinit import NO_AGENT
 from vmwu.unit.model import BootMethod, FileRole
 
 Step = Callable[[str], None]
@@ -147,7 +146,7 @@ def import_base(
         size=size,
         format=fmt,
         boot_method=BootMethod.DISK.value,
-        agent_version=NO_AGENT,  # the launcher brings the agent (cloud-init seed) or not
+        agent_version=None,  # the launcher brings the agent (cloud-init seed) or not
         cmdline="",
         cdrom_as_hard_disk=True,
         files=files,

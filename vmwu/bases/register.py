@@ -75,7 +75,7 @@ def add_base(
         size=sum(f.size for f in files),
         format=files[-1].format if boot == BootMethod.DISK else "direct-kernel",
         boot_method=boot.value,
-        agent_version=str(AGENT_VERSION),
+        agent_version=AGENT_VERSION,
         cmdline=cmdline,
         cdrom_as_hard_disk=True,
         files=tuple(files),
@@ -111,7 +111,7 @@ def direct_kernel_base(
         script_template=str(base_dir / "autorun.sh"),
         sha256=base_identity(registered),
         boot_method=BootMethod.DIRECT_KERNEL.value,
-        agent_version=str(AGENT_VERSION),
+        agent_version=AGENT_VERSION,
         cmdline=cmdline,
         files=tuple(registered),
     )

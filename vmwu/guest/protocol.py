@@ -7,6 +7,7 @@ exactly these names, so the two cannot drift apart. docs/guest-contract.md expla
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Final
 
@@ -15,6 +16,13 @@ from typing import Final
 # the previous version would misread, and keep the host reading the versions it knows.
 AGENT_VERSION: Final = 1
 KNOWN_AGENT_VERSIONS: Final = frozenset({1})
+
+# A base's agent version as the catalog and a unit's vmwu:AgentVersion write it: the
+# version's decimal number, or "none" for an image without the vmwu agent (an imported
+# image; the launcher brings the agent on a cloud-init seed). In Python it is an
+# ``int | None``; only these two functions see the text.
+NO_AGENT_TEXT: Final = "none"
+_VERSION_TEXT = re.compile(r"[0-9]{1,6}")
 
 
 class Label(StrEnum):
@@ -87,3 +95,22 @@ def known_agent(version: object) -> bool:
         and not isinstance(version, bool)
         and (version in KNOWN_AGENT_VERSIONS)
     )
+
+
+def agent_version_text(version: int | None) -> str:
+    """How the catalog and a unit's descriptor write ``version`` (``None``: no agent)."""
+    return NO_AGENT_TEXT if version is None else str(version)
+
+
+def parse_agent_version(text: str) -> int | None:
+    """The agent version written as ``text`` by :func:`agent_version_text`. An empty text
+    (a catalog row or a unit from before the field was filled) is this vmwu's agent, as
+    pack has always read it. Raises ValueError with one line for anything else."""
+    value = text.strip()
+    if not value:
+        return AGENT_VERSION
+    if value == NO_AGENT_TEXT:
+        return None
+    if _VERSION_TEXT.fullmatch(value):
+        return int(value)
+    raise ValueError(f"agent version {text[:40]!r} is neither a number nor {NO_AGENT_TEXT!r}")

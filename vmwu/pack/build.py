@@ -29,7 +29,7 @@ from vmwu.bases.catalog import BaseImage, Catalog, choose_base
 from vmwu.cache import NodeCache
 from vmwu.digest import file_sha256
 from vmwu.errors import BadInput, BaseNotFound, SpecError, ToolNotFound
-from vmwu.guest.protocol import AGENT_VERSION, Label
+from vmwu.guest.protocol import Label
 from vmwu.images import ext4, inspect, qemu_img
 from vmwu.pack.spec import Spec
 from vmwu.pack.template import render
@@ -433,7 +433,7 @@ def _descriptor(spec: Spec, base: BaseImage, files: list[UnitFile]) -> UnitDescr
             guest_os=base.guest_os,
             boot_method=BootMethod(base.boot_method),
             cmdline=base.cmdline,
-            agent_version=base.agent_version or str(AGENT_VERSION),
+            agent_version=base.agent_version,
             cdrom_as_hard_disk=cdrom_as_hard_disk,
         ),
         files=tuple(files),

@@ -24,8 +24,6 @@ from vmwu.images.iso import IsoEntry, write_iso
 from vmwu.unit.model import BaseRef
 
 SEED_LABEL = "CIDATA"  # NoCloud looks for "cidata" in either case
-# The agent version of a base that has no vmwu agent (catalog and unit: vmwu:AgentVersion)
-NO_AGENT = "none"
 
 USER_DATA = """#cloud-config
 # vmwu NoCloud seed (docs/bases.md): start the vmwu agent from this seed as early as
@@ -52,7 +50,7 @@ exec /usr/local/bin/vmwu-agent < /dev/null > /dev/ttyS0 2>&1
 
 def needs_seed(base: BaseRef) -> bool:
     """A base without the vmwu agent (an imported image) gets a NoCloud seed."""
-    return base.agent_version == NO_AGENT
+    return base.agent_version is None
 
 
 def seed_entries(instance_id: str | None = None) -> list[IsoEntry]:

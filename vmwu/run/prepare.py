@@ -2,8 +2,8 @@
 cache, instance directory with qcow2 overlays, a fresh output disk and the instance ISO,
 and the QEMU machine configuration (cold, or resuming the node's saved booted guest).
 
-``vmwu run`` (launch.py) boots, watches and collects a prepared instance; the BOINC-style
-wrapper drives one differently (suspend, checkpoints).
+``vmwu.run.instance.Instance`` starts, follows and collects a prepared instance, for
+``vmwu run`` (launch.py) and the wrapper's VM tasks (which add suspend and checkpoints).
 """
 
 from __future__ import annotations

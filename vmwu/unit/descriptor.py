@@ -175,7 +175,6 @@ def _text_problem(desc: UnitDescriptor) -> str | None:
         base.architecture,
         base.guest_os,
         base.cmdline,
-        base.agent_version,
         layout.app_dir,
         layout.output_dir,
         layout.cdrom_dir,

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from vmwu.guest.protocol import AGENT_VERSION
+
 
 class FileRole(StrEnum):
     KERNEL = "kernel"  # direct-boot kernel of the base (bzImage)
@@ -63,7 +65,7 @@ class BaseRef:
     guest_os: str  # e.g. "linux6.1"
     boot_method: BootMethod
     cmdline: str = ""  # kernel command line (direct-kernel boot), without vmwu.* keys
-    agent_version: str = ""
+    agent_version: int | None = AGENT_VERSION  # None: no vmwu agent (imported image)
     cdrom_as_hard_disk: bool = True  # how the base prefers the instance ISO attached
 
 

@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Final
 
 from vmwu.errors import UnitError
+from vmwu.guest.protocol import parse_agent_version
 from vmwu.unit.descriptor import (
     MAX_DESCRIPTOR_BYTES,
     OVF1_NS,
@@ -239,9 +240,17 @@ def _parse_base(r: _Reader, wu: ET.Element) -> BaseRef:
         guest_os=r.text(el, "GuestOS", what, required=False),
         boot_method=boot,
         cmdline=r.text(el, "KernelCmdline", what, required=False),
-        agent_version=r.text(el, "AgentVersion", what, required=False),
+        agent_version=_agent_version(r, el, what),
         cdrom_as_hard_disk=r.boolean(el, "CdromAsHardDisk", what),
     )
+
+
+def _agent_version(r: _Reader, el: ET.Element, what: str) -> int | None:
+    """vmwu:AgentVersion: a number, "none" (no vmwu agent), or empty/absent (this vmwu's)."""
+    try:
+        return parse_agent_version(r.text(el, "AgentVersion", what, required=False))
+    except ValueError as exc:
+        raise r.err(f"{what}: {exc}") from None
 
 
 def _parse_layout(r: _Reader, wu: ET.Element) -> GuestLayout:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final
 
+from vmwu.guest.protocol import agent_version_text
 from vmwu.unit.descriptor import (
     DISK_FORMAT_URIS,
     OVF_VERSIONS,
@@ -216,7 +217,7 @@ def _add_work_unit_section(vs: _El, desc: UnitDescriptor) -> None:
     base.add("vmwu:GuestOS", desc.base.guest_os)
     base.add("vmwu:BootMethod", desc.base.boot_method.value)
     base.add("vmwu:KernelCmdline", desc.base.cmdline)
-    base.add("vmwu:AgentVersion", desc.base.agent_version)
+    base.add("vmwu:AgentVersion", agent_version_text(desc.base.agent_version))
     base.add("vmwu:CdromAsHardDisk", _bool(desc.base.cdrom_as_hard_disk))
     layout = wu.add("vmwu:GuestLayout")
     layout.add("vmwu:AppDir", desc.layout.app_dir)

@@ -1,4 +1,5 @@
-"""Files that survive crashes: atomic JSON writes, and sparse copies with a content digest.
+"""Sparse copies and content digests of files that survive crashes (atomic writes are
+:mod:`vmwu.hostfs`'s).
 
 Warm-started instance disks are 256 GiB sparse files holding a few MiB of data, so disks
 are copied and hashed extent by extent (``SEEK_DATA``/``SEEK_HOLE``), never byte by byte.
