@@ -23,7 +23,7 @@ ROOT = Path(vmwu.__file__).resolve().parent
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("entry point", frozenset({"__main__"})),
     ("subsystems", frozenset({"sweep", "wrapper"})),
-    ("commands", frozenset({"cli", "doctor", "ui"})),
+    ("commands", frozenset({"cli", "cache_report", "doctor", "ui"})),
     ("pack", frozenset({"pack"})),
     ("run", frozenset({"run"})),
     ("bases", frozenset({"bases"})),
