@@ -71,6 +71,19 @@ class NodeCache:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
+    @contextmanager
+    def in_use(self, path: Path) -> Iterator[None]:
+        """Mark the entry ``path`` as in use while the context lasts: a shared ``flock``
+        on ``<path>.lock`` beside it (eviction takes it exclusively and skips entries it
+        cannot lock). Held by the instances that map a saved guest's RAM file and state."""
+        lock_path = path.with_name(path.name + ".lock")
+        with open(lock_path, "a+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
     def _ensure(self, kind: str, key: str, fill: Filler) -> Path:
         final = self._dir(kind) / key
         if final.exists():
