@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from vmwu.errors import VMCrashed
 from vmwu.guest.events import InstanceState, Phase
 from vmwu.run.outcome import RunResult, collect
 from vmwu.run.prepare import Prepared, RunOptions, prepare
@@ -81,7 +82,12 @@ class Instance:
         prepared = self._need_prepared()
         cfg, how = prepared.warm_config()
         self.started = Start(StartMode.WARM if cfg.incoming else StartMode.COLD, how)
-        self._launch(cfg, InstanceState())
+        try:
+            self._launch(cfg, InstanceState())
+        except VMCrashed as exc:
+            if cfg.ram_file is None:
+                raise
+            self._shared_ram_instead(self._need_guest(), str(exc))
 
     def start_restored(
         self, state_file: Path, *, warm_cmdline: bool, name: str, state: InstanceState
@@ -121,7 +127,11 @@ class Instance:
         if not guest.poll():
             return False
         if self._warm_start_failed(guest):
-            self._boot_cold_instead(guest)
+            if guest.cfg.ram_file is not None:
+                tail = guest.machine.qemu_log_tail(1) or f"exit status {guest.machine.returncode}"
+                self._shared_ram_instead(guest, tail)
+            else:
+                self._boot_cold_instead(guest)
             return False
         return True
 
@@ -136,12 +146,23 @@ class Instance:
             return False
         return guest.machine.returncode not in (0, None) and not guest.state.event_count
 
+    def _shared_ram_instead(self, failed: GuestRun, reason: str) -> None:
+        """The saved guest whose RAM is a file did not load: resume the one whose RAM is
+        in its state instead (saving it first if need be)."""
+        failed.stop()
+        self._cpu_done += failed.machine.cpu_seconds
+        prepared = self._need_prepared()
+        prepared.shared_ram_failed(reason)
+        cfg, how = prepared.warm_config(shared_ram=False)
+        self.started = Start(StartMode.WARM if cfg.incoming else StartMode.COLD, how)
+        self._launch(cfg, InstanceState())
+
     def _boot_cold_instead(self, failed: GuestRun) -> None:
         """The node's saved booted guest did not load (QEMU changed underneath?): forget
         it and boot this instance cold."""
         log.warning("warm start failed (%s); booting cold", failed.machine.qemu_log_tail())
         prepared = self._need_prepared()
-        if failed.cfg.incoming is not None:
+        if failed.cfg.incoming is not None and failed.cfg.ram_file is None:
             failed.cfg.incoming.unlink(missing_ok=True)
         self._cpu_done += failed.machine.cpu_seconds
         prepared.shrink_disks()
