@@ -252,6 +252,14 @@ def _entry_name(value: object, key: str, what: str) -> str:
 def read_shared(pointer: Path, key: str) -> SharedSave:
     """The files ``pointer`` names (beside it). Raises ValueError for a pointer that is
     not one vmwu wrote, OSError when it or a file it names is gone."""
+    save = _parse_shared(pointer, key)
+    for path in save.files():
+        if not path.is_file():
+            raise FileNotFoundError(f"{path.name} is gone")
+    return save
+
+
+def _parse_shared(pointer: Path, key: str) -> SharedSave:
     raw = pointer.read_bytes()
     if len(raw) > 4096:
         raise ValueError("pointer too large")
@@ -263,11 +271,7 @@ def read_shared(pointer: Path, key: str) -> SharedSave:
     state = here / _entry_name(data.get("state"), key, "sstate")
     base_name = data.get("base")
     base = None if base_name is None else here / _entry_name(base_name, key, "sbase")
-    save = SharedSave(ram, state, base)
-    for path in save.files():
-        if not path.is_file():
-            raise FileNotFoundError(f"{path.name} is gone")
-    return save
+    return SharedSave(ram, state, base)
 
 
 def save_shared(
@@ -315,7 +319,7 @@ def drop_shared(pointer: Path, key: str) -> None:
     """Forget a shared-RAM save (it did not load): the pointer first, so that no new
     instance picks it up, then its files (a VM that maps the RAM file keeps its pages)."""
     try:
-        save = read_shared(pointer, key)
+        save: SharedSave | None = _parse_shared(pointer, key)
     except (OSError, ValueError):
         save = None
     pointer.unlink(missing_ok=True)
