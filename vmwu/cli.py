@@ -123,6 +123,23 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+def _run_in_pool(extra: list[str]) -> int | None:
+    """Have the node pool service ($VMWU_POOL) run the instance; None if there is none."""
+    from vmwu.run.poolserve import pool_socket, run_via_pool
+
+    sock = pool_socket()
+    if sock is None:
+        return None
+    reply = run_via_pool(sock, extra)
+    if reply is None:
+        return None
+    if reply.error is not None:
+        print(f"vmwu: error: {reply.error}", file=sys.stderr)
+    elif reply.summary is not None:
+        print(reply.summary, file=sys.stderr)
+    return reply.exit
+
+
 def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     import shlex
 
@@ -131,6 +148,8 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     from vmwu.ui import InstanceLine
 
     opts, quiet = parse_run_args(extra)
+    if not opts.print_cmdline and (code := _run_in_pool(extra)) is not None:
+        return code
     # A batch system stops jobs with SIGTERM (Slurm: scancel, time limit): treat it like
     # Ctrl-C, so QEMU is stopped and the outputs, console.log and status.json are kept.
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -500,7 +519,11 @@ def _add_base_import(bsub: _Commands[_Parser]) -> None:
     s.set_defaults(func=cmd_base_import)
 
 
-SUBSYSTEMS = {"sweep": "vmwu.sweep.cli", "wrap": "vmwu.wrapper.cli"}
+SUBSYSTEMS = {
+    "sweep": "vmwu.sweep.cli",
+    "wrap": "vmwu.wrapper.cli",
+    "pool": "vmwu.run.poolserve",
+}
 
 RUN_HELP = """usage: vmwu run UNIT.ova [--OPTION VALUE ...] [-- ARGS ...]
 

@@ -71,6 +71,10 @@ class MachineConfig:
     # (``-incoming defer``, see :meth:`QemuMachine.launch`).
     ram_file: Path | None = None
     ram_share: bool = False
+    # Disks whose image can be swapped while the VM is paused (a pooled VM, vmwu/vmm/
+    # pool.py): each is a raw "top" node <id>-top over a file node <id>-ph.
+    swappable: bool = False
+    start_paused: bool = False  # -S: a restored VM stays paused until "cont"
     # UEFI (issue 6, vmwu/vmm/firmware.py): OVMF code (read-only) and this VM's variables
     pflash: tuple[Path, ...] = ()
 
@@ -147,6 +151,25 @@ def serial_args(cfg: MachineConfig) -> list[str]:
     return args
 
 
+def swappable_drive_args(drives: tuple[Drive, ...]) -> list[str]:
+    """Virtio disks over raw "top" nodes: ``blockdev-reopen`` points a top at another
+    image while the guest keeps its device (vmwu.vmm.pool)."""
+    args: list[str] = []
+    for d in drives:
+        if d.kind != DriveKind.DISK or d.format != "raw":
+            raise ValueError(f"drive {d.id}: only raw virtio disks can be swapped")
+        ro = ",read-only=on" if d.read_only else ""
+        args += [
+            "-blockdev",
+            f"driver=file,node-name={d.id}-ph,filename={opt(d.path)},cache.no-flush=on{ro}",
+            "-blockdev",
+            f"driver=raw,node-name={d.id}-top,file={d.id}-ph,cache.no-flush=on{ro}",
+        ]
+        serial = f",serial={opt(d.serial)}" if d.serial else ""
+        args += ["-device", f"virtio-blk-pci,drive={d.id}-top{serial}"]
+    return args
+
+
 def drive_args(drives: tuple[Drive, ...]) -> list[str]:
     args: list[str] = []
     if any(d.kind == DriveKind.CDROM for d in drives):
@@ -212,10 +235,11 @@ def build_argv(cfg: MachineConfig) -> list[str]:
         *pflash_args(cfg),
         *boot_args(cfg),
         *serial_args(cfg),
-        *drive_args(cfg.drives),
+        *(swappable_drive_args if cfg.swappable else drive_args)(cfg.drives),
         *ram_args(cfg),
         *qmp_args(cfg),
         *incoming_args(cfg),
+        *(["-S"] if cfg.start_paused else []),
         *cfg.extra_args,
     ]
 
