@@ -17,8 +17,9 @@ Figures:
   instances running at once so that shared pages are shared;
 - ``start``: how the warm instances started (status.json ``start``).
 
-Run it from the checkout to measure; ``PYTHONPATH=OTHER_CHECKOUT`` measures another one
-(the "before" figures of a change) with the same script.
+It measures the vmwu of the Python that runs it (``OTHER/.venv/bin/python bench/pool.py``
+measures another checkout with this script: the "before" figures of a change); that
+Python's bin directory goes first in PATH, so the plan's ``vmwu run`` is the same vmwu.
 """
 
 from __future__ import annotations
@@ -150,6 +151,8 @@ def main() -> None:
     env = dict(os.environ)
     env["VMWU_HOME"] = args.home or str(work / "home")
     env["VMWU_CACHE_DIR"] = str(work / "cache")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("VMWU_POOL", None)
     try:
         if not args.home:
             sh([*VMWU, "base", "build", "tiny", "-q"], env)

@@ -308,8 +308,9 @@ def reply_for(result: Any, opts: Any, quiet: bool) -> Reply:
 
 
 def pool_socket() -> Path | None:
+    """The service ``$VMWU_POOL`` names (a socket path; unset, empty or ``off``: none)."""
     value = os.environ.get(ENV)
-    return Path(value) if value else None
+    return Path(value) if value and value != "off" else None
 
 
 def ask(sock_path: Path, request: dict[str, Any], timeout: float | None = None) -> Reply:
@@ -326,9 +327,10 @@ def ask(sock_path: Path, request: dict[str, Any], timeout: float | None = None) 
         return Reply(int(ExitCode.HOST_FAILURE), f"the node pool answered badly: {exc}")
 
 
-def run_via_pool(sock_path: Path, argv: list[str]) -> Reply | None:
-    """Ask the service at ``sock_path`` to run ``vmwu run argv``; None (and why in the
-    debug log) when there is no service to ask: the caller runs the instance itself."""
+def run_via_pool(sock_path: Path, argv: list[str], cwd: Path | None = None) -> Reply | None:
+    """Ask the service at ``sock_path`` to run ``vmwu run argv`` (typed in ``cwd``, by
+    default this process's); None (and why in the debug log) when there is no service
+    to ask: the caller runs the instance itself."""
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         try:
@@ -336,7 +338,7 @@ def run_via_pool(sock_path: Path, argv: list[str]) -> Reply | None:
         except OSError as exc:
             log.debug("no node pool at %s (%s): running the instance here", sock_path, exc)
             return None
-        request = {"v": VERSION, "run": argv, "cwd": os.getcwd()}
+        request = {"v": VERSION, "run": argv, "cwd": os.fspath(cwd or Path.cwd())}
         client.sendall(json.dumps(request).encode() + b"\n")
         raw = _read_line(client, MAX_REPLY, 24 * 3600.0 * 365)
         if not raw:
