@@ -120,7 +120,7 @@ class Instance:
             guest = self._launch(cfg, InstanceState(), machine=vm.machine)
             vm.assign(cfg)
         except VMCrashed as exc:
-            log.debug("the ready VM could not run this instance: %s", exc)
+            log.warning("the ready VM could not run this instance: %s", exc)
             self._drop_ready()
             return False
         guest.state.qemu_started = vm.machine.started_at

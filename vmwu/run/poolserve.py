@@ -172,6 +172,18 @@ def _read_line(conn: socket.socket, limit: int, timeout: float) -> bytes:
     return data
 
 
+def _close_thread_loop() -> None:
+    """Close the event loop QMP clients made for this (ending) thread, if any."""
+    import asyncio
+
+    policy = asyncio.get_event_loop_policy()
+    with contextlib.suppress(RuntimeError):
+        loop = policy.get_event_loop()
+        if not loop.is_running():
+            loop.close()
+        policy.set_event_loop(None)
+
+
 class _ClientGone(KeyboardInterrupt):
     """Raised in the instance's thread when its client has closed the connection."""
 
@@ -242,6 +254,7 @@ class Service:
                 with contextlib.suppress(OSError):
                     conn.sendall(reply.encode())
         finally:
+            _close_thread_loop()
             with self.lock:
                 self.active -= 1
                 self.last = time.monotonic()

@@ -115,6 +115,9 @@ class ReadyVM:
         status = wait_incoming(self.machine, timeout=RESTORE_TIMEOUT)
         if status != "paused":
             raise VMCrashed(f"a ready VM is {status} instead of paused")
+        # The QMP client belongs to this thread's event loop, which this thread goes on
+        # running for the next VMs: the instance that takes this VM connects anew.
+        self.machine.disconnect_qmp()
 
     @property
     def alive(self) -> bool:

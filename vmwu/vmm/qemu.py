@@ -424,6 +424,12 @@ class QemuMachine:
             raise VMCrashed(f"QMP {name}: the VM is not running (state {self.state})")
         return self.qmp().cmd(name, **args)
 
+    def disconnect_qmp(self) -> None:
+        """Close the QMP connection (the next command connects again, from whichever
+        thread sends it: a connection is tied to the event loop of the thread that made
+        it)."""
+        self._close_qmp()
+
     def _close_qmp(self) -> None:
         if self._qmp is not None:
             try:
