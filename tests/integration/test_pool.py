@@ -48,11 +48,15 @@ class Pool:
         lines = self.log.read_text(errors="replace").splitlines()
         return "\n".join(line for line in lines if "qemu.qmp" not in line)[-3000:]
 
-    def ready(self) -> int:
+    def counts(self) -> tuple[int, int, int]:
+        """(ready, made, warmed up)"""
         reply = ask(self.sock, {"v": 1, "status": True}, timeout=30)
-        match = re.fullmatch(r"ready (\d+) made (\d+)", reply.summary or "")
+        match = re.fullmatch(r"ready (\d+) made (\d+) warmed (\d+)", reply.summary or "")
         assert match, reply
-        return int(match[1])
+        return int(match[1]), int(match[2]), int(match[3])
+
+    def ready(self) -> int:
+        return self.counts()[0]
 
     def wait_ready(self, n: int = 1) -> None:
         wait_for(lambda: self.ready() >= n, 120, f"{n} ready VM(s) in the pool", context=self.tail)
@@ -92,6 +96,8 @@ def test_a_pooled_instance_leaves_what_an_unpooled_one_does(cold_vmwu: Vmwu, poo
     assert pooled.returncode == 0, pooled.stderr
     assert status["start"] == POOLED
     assert status["exit_code"] == status0["exit_code"] == 0
+    _, made, warmed = pool.counts()
+    assert warmed == made >= 1  # the agent mounted the warm-up disks in every ready VM
     names = sorted(p.name for p in out0.iterdir())
     assert sorted(p.name for p in out.iterdir()) == names
     assert {"args.txt", "param.txt", "ls"} <= set(names)

@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmwu.cache import NodeCache
-from vmwu.vmm.pool import ReadyVM, pool_key, poolable
+from vmwu.vmm.pool import ReadyVM, WarmUp, pool_key, poolable
 from vmwu.vmm.qemu import MachineConfig
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SIZE = 2
+WARM_UP = True  # ready VMs mount warm-up disks once before they wait (vmwu.vmm.pool)
 DEFAULT_IDLE = 300.0
 _FAILURES_BEFORE_DROP = 3
 
@@ -64,6 +65,8 @@ class NodePool:
         self._closed = False
         self._serial = 0
         self.made = 0  # VMs made ready so far (for tests and the service's status)
+        self.warmed = 0  # of which the agent warmed up
+        self.warm_up: WarmUp | None = None  # made by the refill thread, once
         self._thread = threading.Thread(target=self._refill, name="vmwu-pool", daemon=True)
         self._thread.start()
 
@@ -144,6 +147,7 @@ class NodePool:
                     entry.ready.append(vm)
                     entry.failures = 0
                     self.made += 1
+                    self.warmed += vm.warmed
                     continue
                 if vm is not None:
                     vm.discard()
@@ -154,8 +158,13 @@ class NodePool:
                         self._drop(key)
 
     def _make(self, cfg: MachineConfig, workdir: Path) -> ReadyVM | None:
+        if self.warm_up is None and WARM_UP:
+            try:
+                self.warm_up = WarmUp.make(self.root / "warm-up")
+            except Exception as exc:  # noqa: BLE001 - ready VMs work without it, slower
+                log.debug("pool: no warm-up disks (%s)", exc)
         try:
-            vm = ReadyVM(cfg, workdir)
+            vm = ReadyVM(cfg, workdir, self.warm_up)
         except ValueError as exc:
             log.debug("pool: %s", exc)
             return None

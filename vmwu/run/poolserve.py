@@ -15,7 +15,8 @@ parses them exactly as ``vmwu run`` does (:func:`vmwu.run.options.parse_run_args
 the instance with the same code (:func:`vmwu.run.launch.run_unit`: the same
 preparation, limits and collection of outputs, in a ready VM when one fits) and answers
 one line: ``{"v": 1, "exit": CODE, "error": LINE|null, "summary": LINE|null}``.
-``{"v": 1, "status": true}`` asks how many VMs are ready (summary ``ready N made M``). A client
+``{"v": 1, "status": true}`` asks how many VMs are ready (summary ``ready N made M
+warmed W``: made so far, of which the agent warmed up). A client
 that goes away (killed, Ctrl-C) closes the connection: the service stops its instance
 (outputs salvaged as for an interrupted ``vmwu run``). ``vmwu run`` uses the service
 named by ``$VMWU_POOL`` (a socket path) and runs the instance itself when there is none.
@@ -267,7 +268,10 @@ class Service:
         except (BadRequest, OSError) as exc:
             return Reply(int(ExitCode.BAD_INPUT), f"bad request to the node pool: {exc}")
         if request.status:
-            return Reply(0, None, f"ready {self.pool.ready_count()} made {self.pool.made}")
+            pool = self.pool
+            return Reply(
+                0, None, f"ready {pool.ready_count()} made {pool.made} warmed {pool.warmed}"
+            )
         conn.settimeout(None)
         return run_request(request, self.pool, conn)
 

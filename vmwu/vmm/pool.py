@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from vmwu.errors import VMCrashed
+from vmwu.guest.events import EventReader, InstanceState
+from vmwu.guest.protocol import Event, Label
 from vmwu.vmm import warm
 from vmwu.vmm.qemu import (
     Drive,
@@ -42,7 +44,30 @@ from vmwu.vmm.qemu import (
 from vmwu.vmm.snapshot import wait_incoming
 
 RESTORE_TIMEOUT = 60.0
+WARM_UP_TIMEOUT = 30.0
+WARM_UP_EXT4 = 4 * 1024**2
 _serial = itertools.count()
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmUp:
+    """Disks a ready VM mounts once before its job (the agent's warm-up: TCG then has
+    the mount code translated): an ext4 image for every writable disk, an ISO labelled
+    VMWU-WARM for the read-only one. Made once per pool; each VM gets copies."""
+
+    ext4: Path
+    iso: Path
+
+    @classmethod
+    def make(cls, directory: Path) -> WarmUp:
+        from vmwu.images import ext4
+        from vmwu.images.iso import IsoEntry, write_iso
+
+        directory.mkdir(parents=True, exist_ok=True)
+        image, iso = directory / "warm-up.ext4", directory / "warm-up.iso"
+        ext4.make_image(image, WARM_UP_EXT4, label=Label.WARM_UP)
+        write_iso(iso, [IsoEntry("warm-up", data=b"warm-up\n")], label=Label.WARM_UP)
+        return cls(image, iso)
 
 
 def poolable(cfg: MachineConfig) -> str | None:
@@ -84,11 +109,13 @@ class ReadyVM:
     """One VM restored from ``cfg`` (an instance's warm configuration: its memory, kernel,
     command line, device list, saved state and RAM file), paused, in ``workdir``."""
 
-    def __init__(self, cfg: MachineConfig, workdir: Path) -> None:
+    def __init__(self, cfg: MachineConfig, workdir: Path, warm_up: WarmUp | None = None) -> None:
         reason = poolable(cfg)
         if reason is not None:
             raise ValueError(f"cannot pool this machine: {reason}")
         self.workdir = workdir
+        self.warm_up = warm_up
+        self.warmed = False
         placeholders = []
         for d in cfg.drives:
             path = workdir / f"ph-{d.id}.raw"
@@ -109,15 +136,36 @@ class ReadyVM:
         """Start QEMU and wait until the saved state has loaded (the VM is paused)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         for d in self.cfg.drives:
-            with open(d.path, "wb") as fh:
+            if self.warm_up is not None:
+                shutil.copyfile(self.warm_up.iso if d.read_only else self.warm_up.ext4, d.path)
+            with open(d.path, "ab") as fh:
                 fh.truncate(warm.CAPACITY)
         self.machine.launch()
         status = wait_incoming(self.machine, timeout=RESTORE_TIMEOUT)
         if status != "paused":
             raise VMCrashed(f"a ready VM is {status} instead of paused")
+        if self.warm_up is not None:
+            self._warm_up()
         # The QMP client belongs to this thread's event loop, which this thread goes on
         # running for the next VMs: the instance that takes this VM connects anew.
         self.machine.disconnect_qmp()
+
+    def _warm_up(self) -> None:
+        """Let the guest mount its warm-up disks once (event ``warmed``), then pause it.
+        An agent without the warm-up goes on waiting: the VM is paused all the same."""
+        assert self.cfg.events_log is not None
+        events = EventReader(self.cfg.events_log)
+        state = InstanceState()
+        self.machine.command("cont")
+        deadline = time.monotonic() + WARM_UP_TIMEOUT
+        while time.monotonic() < deadline and self.machine.poll() is None:
+            for event in events.read():
+                state.apply(event, time.monotonic())
+                self.warmed = self.warmed or event.get("event") == Event.WARMED
+            if self.warmed:
+                break
+            self.machine.wait_exit_event(0.01)
+        self.machine.command("stop")
 
     @property
     def alive(self) -> bool:
