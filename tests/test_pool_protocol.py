@@ -43,8 +43,8 @@ def test_requests_that_are_refused(raw: bytes) -> None:
 
 
 def test_a_reply_round_trips() -> None:
-    reply = Reply(3, None, "vmwu: u: exit 3")
-    assert parse_reply(reply.encode()) == reply
+    for reply in (Reply(3, None, "vmwu: u: exit 3"), Reply(0, local=True), Reply(245, "x")):
+        assert parse_reply(reply.encode()) == reply
     for bad in (b'{"v":1,"exit":256}', b'{"v":1,"exit":true}', b'{"v":1,"exit":0,"error":5}'):
         with pytest.raises(BadRequest):
             parse_reply(bad)
@@ -64,6 +64,7 @@ documents = st.fixed_dictionaries(
         "exit": st.one_of(st.integers(-5, 300), json_values),
         "error": json_values,
         "summary": json_values,
+        "local": json_values,
     },
 )
 

@@ -131,7 +131,7 @@ def _run_in_pool(extra: list[str]) -> int | None:
     if sock is None:
         return None
     reply = run_via_pool(sock, extra)
-    if reply is None:
+    if reply is None or reply.local:
         return None
     if reply.error is not None:
         print(f"vmwu: error: {reply.error}", file=sys.stderr)
@@ -143,17 +143,19 @@ def _run_in_pool(extra: list[str]) -> int | None:
 def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     import shlex
 
+    # A batch system stops jobs with SIGTERM (Slurm: scancel, time limit): treat it like
+    # Ctrl-C, so QEMU is stopped and the outputs, console.log and status.json are kept.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+    # (through the node pool, the connection closes and the service stops the instance)
+    # the node pool's client first: it parses nothing (the service does, the same way)
+    if (code := _run_in_pool(extra)) is not None:
+        return code
     from vmwu.run.launch import run_unit
     from vmwu.run.options import parse_run_args
     from vmwu.ui import InstanceLine
 
     opts, quiet = parse_run_args(extra)
-    if not opts.print_cmdline and (code := _run_in_pool(extra)) is not None:
-        return code
-    # A batch system stops jobs with SIGTERM (Slurm: scancel, time limit): treat it like
-    # Ctrl-C, so QEMU is stopped and the outputs, console.log and status.json are kept.
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupt)
     if opts.print_cmdline:
         result = run_unit(opts)
         print(shlex.join(result.cmdline))

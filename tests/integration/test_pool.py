@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -162,3 +163,29 @@ def test_without_a_pool_vmwu_run_runs_the_instance_itself(cold_vmwu: Vmwu) -> No
     assert (out / "ok.txt").read_text() == "ok\n"
     assert status["start"].startswith("warm start"), status["start"]
     assert "/pool-" not in vm_dir(status)  # its own QEMU, in its instance directory
+
+
+def test_a_client_that_dies_takes_its_instance_with_it(cold_vmwu: Vmwu, pool: Pool) -> None:
+    unit = cold_vmwu.pack("sleep 1000", name="sleeper")
+    client = subprocess.Popen(
+        [sys.executable, "-m", "vmwu", "run", str(unit), "--quiet", "--output-directory", "o"],
+        env={**os.environ, **cold_vmwu.env},
+        cwd=cold_vmwu.tmp,
+    )
+    instances = cold_vmwu.tmp / "cache" / "instances"
+
+    def started() -> list[Path]:
+        return [
+            e.parent
+            for e in instances.glob("sleeper-*/events.jsonl")
+            if '"started"' in e.read_text(errors="replace")
+        ]
+
+    (inst,) = wait_for(started, 120, "the application to start", context=pool.tail)
+    qemus = [p for p in tree(pool.proc.pid) if comm(p).startswith("qemu-system")]
+    client.kill()
+    client.wait(timeout=30)
+    wait_for(lambda: not inst.exists(), 60, "the service to end the instance", context=pool.tail)
+    left = [p for p in tree(pool.proc.pid) if comm(p).startswith("qemu-system")]
+    assert len(set(qemus) - set(left)) == 1  # its QEMU, and no other, has ended
+    assert pool.proc.poll() is None and pool.counts()  # the service goes on

@@ -14,7 +14,8 @@ the arguments of ``vmwu run`` as typed and the directory they were typed in. The
 parses them exactly as ``vmwu run`` does (:func:`vmwu.run.options.parse_run_args`), runs
 the instance with the same code (:func:`vmwu.run.launch.run_unit`: the same
 preparation, limits and collection of outputs, in a ready VM when one fits) and answers
-one line: ``{"v": 1, "exit": CODE, "error": LINE|null, "summary": LINE|null}``.
+one line: ``{"v": 1, "exit": CODE, "error": LINE|null, "summary": LINE|null}`` (with
+``"local": true`` instead when the client is to run it itself: ``--print-cmdline``).
 ``{"v": 1, "status": true}`` asks how many VMs are ready (summary ``ready N made M
 warmed W``: made so far, of which the agent warmed up). A client
 that goes away (killed, Ctrl-C) closes the connection: the service stops its instance
@@ -69,12 +70,18 @@ class Request:
 
 @dataclass(frozen=True)
 class Reply:
+    """``local``: the service does not run such instances (--print-cmdline): the client
+    runs it itself."""
+
     exit: int
     error: str | None = None
     summary: str | None = None
+    local: bool = False
 
     def encode(self) -> bytes:
         doc = {"v": VERSION, "exit": self.exit, "error": self.error, "summary": self.summary}
+        if self.local:
+            doc["local"] = True
         return json.dumps(doc).encode() + b"\n"
 
 
@@ -131,7 +138,10 @@ def parse_reply(raw: bytes) -> Reply:
     for name in ("error", "summary"):
         value = doc.get(name)
         texts.append(None if value is None else _clean_text(value, name, 8192))
-    return Reply(code, texts[0], texts[1])
+    local = doc.get("local", False)
+    if not isinstance(local, bool):
+        raise BadRequest("bad local flag")
+    return Reply(code, texts[0], texts[1], local)
 
 
 # -- the service ---------------------------------------------------------------------------
@@ -292,7 +302,7 @@ def run_request(request: Request, pool: Any, conn: socket.socket | None) -> Repl
     try:
         opts, quiet = parse_run_args(list(request.run), cwd=request.cwd)
         if opts.print_cmdline:
-            return Reply(int(ExitCode.BAD_INPUT), "--print-cmdline is not run by the pool")
+            return Reply(0, local=True)
         result = run_unit(opts, on_update=watch, pool=pool)
     except VmwuError as exc:
         return Reply(int(exc.exit_code), str(exc))

@@ -213,7 +213,7 @@ class TaskRun:
         if words[:2] != ["vmwu", "run"] or len(words) < 3:
             return None
         reply = poolserve.run_via_pool(sock, words[2:], cwd=self.place.cwd)
-        if reply is None:
+        if reply is None or reply.local:
             return None
         err = self.err.fd if self.err.fd is not None else self.place.log.fileno()
         line = f"vmwu: error: {reply.error}" if reply.error is not None else reply.summary
