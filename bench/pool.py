@@ -15,7 +15,13 @@ Figures:
   /proc/PID/smaps_rollup (PSS counts shared pages by the share each process has;
   private = Private_Clean + Private_Dirty; target <= 50 MiB), with ``--concurrent`` (2)
   instances running at once so that shared pages are shared;
-- ``start``: how the warm instances started (status.json ``start``).
+- ``start``: how the warm instances started (status.json ``start``);
+- with a vmwu that has the node pool (``vmwu pool serve``, started here with ``--size 2``):
+  ``noop_run_wall_pooled_s`` / ``ratio_pooled_vs_bare`` (``vmwu run`` with ``$VMWU_POOL``
+  set, one run at a time, the pool refilled in between as it would be between a user's
+  commands), ``pooled_start``, and ``pooled_{rss,pss,private}_mib``: every QEMU of the
+  service while ``--concurrent`` instances run in it (running and ready VMs alike).
+  The sweep figures use the pool the local executor starts by itself.
 
 It measures the vmwu of the Python that runs it (``OTHER/.venv/bin/python bench/pool.py``
 measures another checkout with this script: the "before" figures of a change); that
@@ -106,9 +112,12 @@ def qemu_children(pid: int) -> list[int]:
     return out
 
 
-def memory(unit: Path, work: Path, env: dict[str, str], concurrent: int) -> dict[str, float]:
-    """RSS/PSS/private of each QEMU of ``concurrent`` instances running ``sleep`` at once,
-    sampled after their agent started the application (an "app" file appears)."""
+def memory(
+    unit: Path, work: Path, env: dict[str, str], concurrent: int, service: int | None = None
+) -> dict[str, float]:
+    """RSS/PSS/private of each QEMU of ``concurrent`` instances running ``sleep`` at once
+    (sampled inside the sleep), or, with ``service``, of every QEMU of that pool service
+    then (running and ready VMs)."""
     procs = []
     for i in range(concurrent):
         out = work / f"mem-{i}-{time.monotonic_ns()}"
@@ -118,10 +127,12 @@ def memory(unit: Path, work: Path, env: dict[str, str], concurrent: int) -> dict
     try:
         deadline = time.monotonic() + 60
         pids: list[int] = []
-        while time.monotonic() < deadline and len(pids) < concurrent:
+        while time.monotonic() < deadline and len(pids) < concurrent and service is None:
             pids = [q for p in procs for q in qemu_children(p.pid)]
             time.sleep(0.05)
         time.sleep(1.5)  # the guests are inside `sleep` by now
+        if service is not None:
+            pids = qemu_children(service)
         for q in pids:
             s = smaps(q)
             samples.append(
@@ -139,6 +150,50 @@ def memory(unit: Path, work: Path, env: dict[str, str], concurrent: int) -> dict
     }
 
 
+def pool_figures(
+    work: Path, env: dict[str, str], args: argparse.Namespace, run: Any, units: dict[str, Path]
+) -> dict[str, Any]:
+    sock = work / "pool" / "pool.sock"
+    serve = [*VMWU, "pool", "serve", "--socket", str(sock), "--size", "2", "--idle", "600"]
+    service = subprocess.Popen(serve, env=env, stderr=subprocess.DEVNULL)
+    penv = {**env, "VMWU_POOL": str(sock)}
+    try:
+        deadline = time.monotonic() + 60
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+        from vmwu.run.poolserve import ask  # this vmwu has the pool
+
+        def ready() -> int:
+            summary = ask(sock, {"v": 1, "status": True}, timeout=30).summary or ""
+            return int(summary.split()[1])
+
+        def pooled_run(i: int) -> tuple[float, dict[str, Any]]:
+            deadline = time.monotonic() + 60
+            while ready() < 2 and time.monotonic() < deadline:  # refilled, as between commands
+                time.sleep(0.05)
+            out = work / f"pooled-{i}-{time.monotonic_ns()}"
+            argv = [*VMWU, "run", str(units["noop"]), "--quiet", "--output-directory", str(out)]
+            t = time.perf_counter()
+            sh(argv, penv)
+            wall = time.perf_counter() - t
+            return wall, json.loads((out / "status.json").read_text())
+
+        pooled_run(-1)  # the service learns the machine
+        runs = [pooled_run(i) for i in range(args.runs)]
+        mem = memory(units["sleep"], work, penv, args.concurrent, service=service.pid)
+        return {
+            "pooled_start": runs[-1][1]["start"],
+            "noop_run_wall_pooled_s": med([w for w, _ in runs]),
+            "noop_run_qemu_pooled_s": med([s["timings"]["qemu"] for _, s in runs]),
+            "noop_run_boot_to_started_pooled_s": med([s["timings"]["boot"] for _, s in runs]),
+            **{k.replace("instance_", "pooled_"): v for k, v in mem.items()},
+        }
+    finally:
+        service.terminate()
+        service.wait(timeout=60)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=5)
@@ -153,6 +208,7 @@ def main() -> None:
     env["VMWU_CACHE_DIR"] = str(work / "cache")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("VMWU_POOL", None)
+    os.chdir(work)  # `python -m vmwu` would import a vmwu package in the current directory
     try:
         if not args.home:
             sh([*VMWU, "base", "build", "tiny", "-q"], env)
@@ -199,6 +255,10 @@ def main() -> None:
             sh([*VMWU, "sweep", str(plan), "--results", str(res), "-q", "-j", "2"], env)
             sweeps.append(time.perf_counter() - t)
         mem = memory(units["sleep"], work, env, args.concurrent)
+        pooled: dict[str, Any] = {}
+        has_pool = subprocess.run([*VMWU, "pool", "--help"], env=env, capture_output=True)
+        if has_pool.returncode == 0:
+            pooled = pool_figures(work, env, args, run, units)
         bare_wall = med(bare_walls)
         warm_wall = med([w for w, _ in warm])
         sweep_wall = med(sweeps)
@@ -218,6 +278,9 @@ def main() -> None:
             "concurrent_instances": args.concurrent,
             **mem,
         }
+        if pooled:
+            pooled["ratio_pooled_vs_bare"] = round(pooled["noop_run_wall_pooled_s"] / bare_wall, 3)
+            result.update(pooled)
         print(json.dumps(result, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
