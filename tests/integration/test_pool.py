@@ -28,12 +28,14 @@ class Pool:
         self.sock = vmwu.tmp / "pool" / "pool.sock"
         self.mark = f"vmwu-pool-test-{os.getpid()}-{id(self)}"
         self.log = vmwu.tmp / f"pool-{id(self)}.log"
+        elsewhere = vmwu.tmp / f"service-cwd-{id(self)}"  # not where the commands are typed
+        elsewhere.mkdir()
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "vmwu", "--debug", "pool", "serve"]
                 + ["--socket", str(self.sock), "--size", str(size), "--idle", "600"],
                 env={**os.environ, **vmwu.env, MARK: self.mark},
-                cwd=vmwu.tmp,
+                cwd=elsewhere,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
             )
@@ -153,6 +155,17 @@ def test_killing_the_pool_owner_leaves_no_qemu(cold_vmwu: Vmwu) -> None:
     pool.proc.kill()
     pool.proc.wait(timeout=30)
     assert_all_gone(pool.mark, snapshot)
+
+
+def test_relative_paths_and_the_default_output_directory_are_the_clients(
+    cold_vmwu: Vmwu, pool: Pool
+) -> None:
+    unit = cold_vmwu.pack("cat /cdrom/in.txt > /output/got.txt", name="dflt")
+    (cold_vmwu.tmp / "in.txt").write_text("from the client's directory\n")
+    result = cold_vmwu("run", unit.name, "--quiet", "--files", "in.txt")
+    assert result.returncode == 0, result.stderr
+    got = cold_vmwu.tmp / "dflt-output" / "got.txt"
+    assert got.read_text() == "from the client's directory\n"
 
 
 def test_without_a_pool_vmwu_run_runs_the_instance_itself(cold_vmwu: Vmwu) -> None:

@@ -34,6 +34,7 @@ DEFAULT_SIZE = 2
 WARM_UP = True  # ready VMs mount warm-up disks once before they wait (vmwu.vmm.pool)
 DEFAULT_IDLE = 300.0
 _FAILURES_BEFORE_DROP = 3
+WAIT = 3.0  # seconds an instance may wait for the ready VM being made
 
 
 @dataclass
@@ -43,6 +44,7 @@ class _Key:
     ready: deque[ReadyVM] = field(default_factory=deque)
     last_asked: float = field(default_factory=time.monotonic)
     failures: int = 0
+    waiting: bool = False  # an instance waits for the VM being made
 
 
 class NodePool:
@@ -63,6 +65,7 @@ class NodePool:
         self._keys: dict[str, _Key] = {}
         self._cond = threading.Condition()
         self._closed = False
+        self._making: str | None = None  # the key of the VM being made
         self._serial = 0
         self.made = 0  # VMs made ready so far (for tests and the service's status)
         self.warmed = 0  # of which the agent warmed up
@@ -84,15 +87,22 @@ class NodePool:
                 entry = _Key(cfg, self._hold(cfg))
                 self._keys[key] = entry
             entry.last_asked = time.monotonic()
-            vm = None
+            self._cond.notify_all()  # the refill thread: this key wants VMs
+            if not entry.ready and self._making == key and not entry.waiting:
+                # one is almost ready: its restore and warm-up take less than a start of
+                # the instance's own would (one waiter per VM in the making)
+                entry.waiting = True
+                try:
+                    self._cond.wait_for(lambda: bool(entry.ready) or self._making != key, WAIT)
+                finally:
+                    entry.waiting = False
             while entry.ready:
                 candidate = entry.ready.popleft()
                 if candidate.alive:
-                    vm = candidate
-                    break
+                    self._cond.notify_all()
+                    return candidate
                 candidate.discard()
-            self._cond.notify_all()
-            return vm
+            return None
 
     def _hold(self, cfg: MachineConfig) -> contextlib.ExitStack:
         holds = contextlib.ExitStack()
@@ -140,8 +150,11 @@ class NodePool:
                 key, cfg = wanted
                 self._serial += 1
                 workdir = self.root / f"vm-{self._serial}"
+                self._making = key
             vm = self._make(cfg, workdir)
             with self._cond:
+                self._making = None
+                self._cond.notify_all()
                 entry = self._keys.get(key)
                 if vm is not None and entry is not None and not self._closed:
                     entry.ready.append(vm)

@@ -86,10 +86,13 @@ class RunOptions:
     print_cmdline: bool = False
     catalog: Path | None = None
     cache_dir: Path | None = None
+    # where the command was typed: the default output directory goes there (the node
+    # pool service runs instances for commands typed elsewhere); None: the current one
+    workdir: Path | None = None
 
 
-def default_output_dir(unit_name: str) -> Path:
-    return Path.cwd() / f"{unit_name}-output"
+def default_output_dir(unit_name: str, workdir: Path | None = None) -> Path:
+    return (workdir or Path.cwd()) / f"{unit_name}-output"
 
 
 def check_output_dir(path: Path) -> None:
@@ -478,7 +481,7 @@ def prepare(opts: RunOptions, *, check_output: bool = True) -> Prepared:
     cache = NodeCache(opts.cache_dir)
     with OvaReader(opts.unit) as reader:
         desc = reader.descriptor
-        out_dir = (opts.output_directory or default_output_dir(desc.name)).absolute()
+        out_dir = (opts.output_directory or default_output_dir(desc.name, opts.workdir)).absolute()
         if check_output:
             check_output_dir(out_dir)
         disks = resolve_files(
