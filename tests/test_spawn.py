@@ -268,3 +268,23 @@ def test_nothing_goes_around_the_door() -> None:
             if starts.search(line.split("#")[0]):
                 found.append(f"{path.relative_to(package)}: {line.strip()}")
     assert found == ["sweep/executors/local.py: pid = os.fork()"]
+
+
+def test_a_frozen_vmwu_hands_the_host_library_path_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vmwu.guard import host_library_path
+
+    monkeypatch.setattr(sys, "_MEIPASS", "/slot/_MEI123", raising=False)
+    kept = {"LD_LIBRARY_PATH": "/slot/_MEI123:/opt/a", "LD_LIBRARY_PATH_ORIG": "/opt/a"}
+    host_library_path(kept)
+    assert kept == {"LD_LIBRARY_PATH": "/opt/a"}
+    # a guard started by an unpacked vmwu may see the bundle without the original kept
+    stripped = {"LD_LIBRARY_PATH": "/slot/_MEI123/:/opt/host-libs"}
+    host_library_path(stripped)
+    assert stripped == {"LD_LIBRARY_PATH": "/opt/host-libs"}
+    only = {"LD_LIBRARY_PATH": "/slot/_MEI123"}
+    host_library_path(only)
+    assert only == {}
+    # the user's own path is never dropped
+    users = {"LD_LIBRARY_PATH": "/opt/host-libs"}
+    host_library_path(users)
+    assert users == {"LD_LIBRARY_PATH": "/opt/host-libs"}

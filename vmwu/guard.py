@@ -334,9 +334,37 @@ def main(argv: list[str]) -> int:
     return guard.run(program, command)
 
 
+def host_library_path(environ: dict[str, str] | os._Environ[str]) -> None:
+    """Give ``environ`` the host's ``LD_LIBRARY_PATH`` back, in a frozen vmwu.
+
+    PyInstaller's one-file bootloader puts the directory it unpacked its libraries into
+    (``sys._MEIPASS``) first on ``LD_LIBRARY_PATH`` and keeps the original value in
+    ``LD_LIBRARY_PATH_ORIG`` if there was one; a process it starts as a sub-process of an
+    unpacked vmwu (the guard) may find either. QEMU and the host tasks must load the
+    host's libraries, not vmwu's."""
+    original = environ.pop("LD_LIBRARY_PATH_ORIG", None)
+    if original is not None:
+        environ["LD_LIBRARY_PATH"] = original
+        return
+    bundle = getattr(sys, "_MEIPASS", None)
+    current = environ.get("LD_LIBRARY_PATH")
+    if bundle is None or current is None:
+        return
+    kept = [d for d in current.split(":") if d and os.path.normpath(d) != os.path.normpath(bundle)]
+    if kept:
+        environ["LD_LIBRARY_PATH"] = ":".join(kept)
+    else:
+        del environ["LD_LIBRARY_PATH"]
+
+
 def dispatch() -> None:
-    """In a frozen vmwu: become the guard if called as one (before importing anything)."""
+    """In a frozen vmwu: become the guard if called as one (before importing anything).
+    The command it starts gets the host's library path and none of PyInstaller's own
+    variables (a frozen program among the host tasks must start as itself)."""
     if sys.argv[1:2] == [FLAG]:
+        host_library_path(os.environ)
+        for name in [n for n in os.environ if n.startswith("_PYI_") or n == "_MEIPASS2"]:
+            del os.environ[name]
         sys.exit(main(sys.argv[2:]))
 
 

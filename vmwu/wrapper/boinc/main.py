@@ -255,11 +255,8 @@ def main() -> int:
 
 
 def restore_library_path() -> None:
-    """PyInstaller's bootloader puts the directory it unpacked its libraries into first on
-    ``LD_LIBRARY_PATH`` (keeping the original in ``LD_LIBRARY_PATH_ORIG``). This process
-    has loaded what it needs; QEMU and the host tasks must load the host's libraries."""
-    original = os.environ.pop("LD_LIBRARY_PATH_ORIG", None)
-    if original:
-        os.environ["LD_LIBRARY_PATH"] = original
-    else:
-        os.environ.pop("LD_LIBRARY_PATH", None)
+    """What this process starts must load the host's libraries, not those PyInstaller's
+    bootloader unpacked (see :func:`vmwu.guard.host_library_path`)."""
+    from vmwu.guard import host_library_path
+
+    host_library_path(os.environ)

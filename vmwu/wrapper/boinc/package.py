@@ -63,6 +63,15 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*\Z")
 
 ENTRY = """\
 # The entry point of the packaged wrapper (vmwu/wrapper/boinc/package.py).
+import sys
+
+if sys.argv[1:2] == ["--vmwu-process-guard"]:
+    # vmwu's process guard (vmwu/guard.py): the wrapper starts every program (QEMU, host
+    # tasks) under a guard, which in a frozen vmwu is this executable again
+    from vmwu.guard import dispatch
+
+    dispatch()
+
 from vmwu.wrapper.boinc.main import main
 
 raise SystemExit(main())
