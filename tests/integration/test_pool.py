@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import Vmwu
-from tests.processes import MARK, assert_all_gone, comm, tree
+from tests.processes import MARK, assert_all_gone, comm, survivors, tree
 from tests.waits import wait_for
 from vmwu.run.poolserve import ask
 
@@ -202,3 +202,26 @@ def test_a_client_that_dies_takes_its_instance_with_it(cold_vmwu: Vmwu, pool: Po
     left = [p for p in tree(pool.proc.pid) if comm(p).startswith("qemu-system")]
     assert len(set(qemus) - set(left)) == 1  # its QEMU, and no other, has ended
     assert pool.proc.poll() is None and pool.counts()  # the service goes on
+
+
+def test_a_sweep_uses_the_pool_and_its_qemus_die_with_the_driver(vmwu: Vmwu) -> None:
+    from tests.integration.sweeps import markers, sleeper_plan, sleeper_unit, start_sweep, summary
+
+    unit = sleeper_unit(vmwu)
+    plan = sleeper_plan(vmwu.tmp, unit, 6, seconds="3")
+    res = vmwu.tmp / "res"
+    driver = start_sweep(vmwu, plan, "--results", res, "-j", "2")
+    # some jobs done (their instances ran in the driver's pool), others running
+    wait_for(lambda: list((res / "jobs").glob("j-*")) and markers(res), 180, "a job done")
+    snapshot = tree(driver.pid)
+    qemus = {p: t for p, t in snapshot.items() if comm(p).startswith("qemu-system")}
+    assert qemus  # the pool's, below the driver (the jobs' runners have none of their own)
+    driver.kill()
+    driver.wait(timeout=60)
+    wait_for(lambda: not survivors(qemus), 60, "the pool's QEMUs to die with the driver")
+    resumed = vmwu("sweep", "resume", res, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    jobs = summary(res)["jobs"]
+    assert [j["state"] for j in jobs] == ["done"] * 6
+    starts = [json.loads((res / j["result"] / "status.json").read_text())["start"] for j in jobs]
+    assert POOLED in starts
