@@ -132,3 +132,17 @@ def test_warm_state_key_depends_on_what_the_root_disk_is(monkeypatch: pytest.Mon
     }
     assert len(keys) == 3
     assert warm.state_key(cfg, "qemu", Path("/cache/blobs/aaa")) in keys  # stable
+
+
+def test_guest_ram_from_a_file_command_line() -> None:
+    base = MachineConfig(memory_mib=256, ram_file=Path("/c/ram,1"), incoming=Path("/c/st"))
+    argv = build_argv(base)
+    spec = argv[argv.index("-object") + 1]
+    assert spec == "memory-backend-file,id=vmwu.ram,size=256M,mem-path=/c/ram,,1,share=off"
+    assert "memory-backend=vmwu.ram" in argv
+    assert argv[argv.index("-incoming") + 1] == "defer"  # the capability goes first
+    template = MachineConfig(ram_file=Path("/c/ram"), ram_share=True)
+    argv = build_argv(template)
+    assert argv[argv.index("-object") + 1].endswith("share=on")
+    assert "-incoming" not in argv
+    assert build_argv(MachineConfig(incoming=Path("/s")))[-2:] == ["-incoming", "fd:0"]

@@ -123,18 +123,39 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+def _run_in_pool(extra: list[str]) -> int | None:
+    """Have the node pool service ($VMWU_POOL) run the instance; None if there is none."""
+    from vmwu.run.poolserve import pool_socket, run_via_pool
+
+    sock = pool_socket()
+    if sock is None:
+        return None
+    reply = run_via_pool(sock, extra)
+    if reply is None or reply.local:
+        return None
+    if reply.error is not None:
+        print(f"vmwu: error: {reply.error}", file=sys.stderr)
+    elif reply.summary is not None:
+        print(reply.summary, file=sys.stderr)
+    return reply.exit
+
+
 def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     import shlex
 
+    # A batch system stops jobs with SIGTERM (Slurm: scancel, time limit): treat it like
+    # Ctrl-C, so QEMU is stopped and the outputs, console.log and status.json are kept.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+    # (through the node pool, the connection closes and the service stops the instance)
+    # the node pool's client first: it parses nothing (the service does, the same way)
+    if (code := _run_in_pool(extra)) is not None:
+        return code
     from vmwu.run.launch import run_unit
     from vmwu.run.options import parse_run_args
     from vmwu.ui import InstanceLine
 
     opts, quiet = parse_run_args(extra)
-    # A batch system stops jobs with SIGTERM (Slurm: scancel, time limit): treat it like
-    # Ctrl-C, so QEMU is stopped and the outputs, console.log and status.json are kept.
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupt)
     if opts.print_cmdline:
         result = run_unit(opts)
         print(shlex.join(result.cmdline))
@@ -511,7 +532,11 @@ def _add_base_import(bsub: _Commands[_Parser]) -> None:
     s.set_defaults(func=cmd_base_import)
 
 
-SUBSYSTEMS = {"sweep": "vmwu.sweep.cli", "wrap": "vmwu.wrapper.cli"}
+SUBSYSTEMS = {
+    "sweep": "vmwu.sweep.cli",
+    "wrap": "vmwu.wrapper.cli",
+    "pool": "vmwu.run.poolserve",
+}
 
 RUN_HELP = """usage: vmwu run UNIT.ova [--OPTION VALUE ...] [-- ARGS ...]
 

@@ -129,6 +129,7 @@ def test_kill_9_of_vmwu_wrap_with_a_vm_task_and_a_host_task(vmwu: Vmwu, process_
 def test_kill_9_of_a_sweep_runner_whose_step_runs_vmwu_run(vmwu: Vmwu, process_mark: str) -> None:
     """The local executor's runner (`sweep exec-job`, forked by the driver and meant to
     outlive it) runs the plan's step under the guard: sh -c, vmwu run, its QEMU."""
+    vmwu.extra_env["VMWU_POOL"] = "off"  # the guest in the step's own process tree
     unit = sleeper_unit(vmwu)
     plan = vmwu.tmp / "one.plan"
     plan.write_text(
@@ -155,6 +156,7 @@ def test_kill_9_of_a_sweep_runner_whose_step_runs_vmwu_run(vmwu: Vmwu, process_m
 def test_a_vmwu_run_dies_with_its_step_shell(vmwu: Vmwu, process_mark: str) -> None:
     """Killing the plan step's shell (not the runner) ends the `vmwu run` it started, and
     its guest; the job fails with the shell's code and the sweep goes on to the end."""
+    vmwu.extra_env["VMWU_POOL"] = "off"  # the guest in the step's own process tree
     unit = sleeper_unit(vmwu)
     plan = vmwu.tmp / "shell.plan"
     plan.write_text(

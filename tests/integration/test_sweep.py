@@ -1,5 +1,7 @@
 """Sweeps of real guests with the local executor: results, kill -9 of the driver and resume,
-a job's node dying (its QEMU, or the whole job) and being retried, cancel."""
+a job's node dying (its QEMU, or the whole job) and being retried, cancel. Those about a
+job's own QEMU run without the node pool (VMWU_POOL=off; tests/integration/test_pool.py
+has the pooled sweep's)."""
 
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ def test_a_sweep_of_real_guests(vmwu: Vmwu) -> None:
 
 
 def test_kill_9_of_the_driver_mid_sweep_then_resume(vmwu: Vmwu) -> None:
+    vmwu.extra_env["VMWU_POOL"] = "off"  # QEMU in the job's own process tree
     unit = sleeper_unit(vmwu)
     plan = sleeper_plan(vmwu.tmp, unit, 5, seconds="2")
     res = vmwu.tmp / "res"
@@ -63,6 +66,7 @@ def test_kill_9_of_the_driver_mid_sweep_then_resume(vmwu: Vmwu) -> None:
 
 
 def test_a_job_whose_node_dies_is_retried(vmwu: Vmwu) -> None:
+    vmwu.extra_env["VMWU_POOL"] = "off"  # QEMU in the job's own process tree
     unit = sleeper_unit(vmwu)
     # the first attempt of each job sleeps long enough to be killed; retries do not sleep
     seconds = '$([ "$VMWU_JOB_ATTEMPT" = 1 ] && echo 60 || echo 0)'
@@ -91,6 +95,7 @@ def test_a_job_whose_node_dies_is_retried(vmwu: Vmwu) -> None:
 
 
 def test_cancel_leaves_no_guest_running(vmwu: Vmwu) -> None:
+    vmwu.extra_env["VMWU_POOL"] = "off"  # QEMU in the job's own process tree
     unit = sleeper_unit(vmwu)
     plan = sleeper_plan(vmwu.tmp, unit, 3, seconds="60")
     res = vmwu.tmp / "res"

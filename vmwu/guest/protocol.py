@@ -33,6 +33,7 @@ class Label(StrEnum):
     INSTANCE = "VMWU-INST"  # the instance ISO, mounted at app-cdrom-dir (/cdrom)
     BASE = "VMWU-BASE"  # a base's root disk (Debian), the serial of its drive
     SEED = "VMWU-SEED"  # a cloud-init NoCloud seed (imported bases without the agent)
+    WARM_UP = "VMWU-WARM"  # a pooled VM's warm-up disks (mounted once before its job)
     ROOT = "VMWU-ROOT"  # the file system label of a Debian base's root
 
 
@@ -42,6 +43,7 @@ class Event(StrEnum):
     BOOTED = "booted"  # {"agent": VERSION}: the agent runs (a cold boot)
     READY = "ready"  # a warm-start template has found its blank disks and waits
     RESUMED = "resumed"  # {"agent": VERSION}: a saved guest resumed and found its disks
+    WARMED = "warmed"  # a pooled VM mounted its warm-up disks once and waits for its job
     STARTED = "started"  # {"script": NAME}: the application script starts
     PROGRESS = "progress"  # {"fraction": 0..1, "message": TEXT}
     EXIT = "exit"  # {"code": 0..255, "disk_full": bool}: the application ended

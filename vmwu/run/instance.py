@@ -20,13 +20,16 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Protocol
 
+from vmwu.errors import VMCrashed
 from vmwu.guest.events import InstanceState, Phase
 from vmwu.run.outcome import RunResult, collect
 from vmwu.run.prepare import Prepared, RunOptions, prepare
 from vmwu.vmm import warm
 from vmwu.vmm.guestrun import GuestRun, Update
-from vmwu.vmm.qemu import MachineConfig
+from vmwu.vmm.pool import ReadyVM
+from vmwu.vmm.qemu import MachineConfig, QemuMachine
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +51,28 @@ class Start:
         return self.detail
 
 
+class ReadySource(Protocol):
+    """Where an instance may find a ready VM for its warm configuration (a node pool,
+    vmwu.run.pool): ``take`` gives one nobody else will get, or None."""
+
+    def take(self, cfg: MachineConfig) -> ReadyVM | None: ...
+
+
 class Instance:
-    """One instance of ``opts.unit`` (see the module docstring)."""
+    """One instance of ``opts.unit`` (see the module docstring). ``pool``: ready VMs to
+    run in, when one fits (else the instance starts its own QEMU)."""
 
     def __init__(
-        self, opts: RunOptions, *, on_update: Update | None = None, check_output: bool = True
+        self,
+        opts: RunOptions,
+        *,
+        on_update: Update | None = None,
+        check_output: bool = True,
+        pool: ReadySource | None = None,
     ) -> None:
         self.opts = opts
+        self.pool = pool
+        self.ready: ReadyVM | None = None  # the pooled VM this instance runs in
         self.on_update = on_update
         self.check_output = check_output
         self.prepared: Prepared | None = None
@@ -80,8 +98,41 @@ class Instance:
         is the node's first such instance) unless --no-warm or the unit cannot; else boot."""
         prepared = self._need_prepared()
         cfg, how = prepared.warm_config()
+        if self.pool is not None and cfg.ram_file is not None and self._start_ready(cfg):
+            return
         self.started = Start(StartMode.WARM if cfg.incoming else StartMode.COLD, how)
-        self._launch(cfg, InstanceState())
+        try:
+            self._launch(cfg, InstanceState())
+        except VMCrashed as exc:
+            if cfg.ram_file is None:
+                raise
+            self._shared_ram_instead(self._need_guest(), str(exc))
+
+    def _start_ready(self, cfg: MachineConfig) -> bool:
+        """Run in a ready VM of the pool, if it has one for ``cfg``: True if it does."""
+        assert self.pool is not None
+        vm = self.pool.take(cfg)
+        if vm is None:
+            return False
+        self.ready = vm
+        self.started = Start(StartMode.WARM, "warm start: a ready VM of the node's pool")
+        try:
+            guest = self._launch(cfg, InstanceState(), machine=vm.machine)
+            vm.assign(cfg)
+        except VMCrashed as exc:
+            log.warning("the ready VM could not run this instance: %s", exc)
+            self._drop_ready()
+            return False
+        guest.state.qemu_started = vm.machine.started_at
+        return True
+
+    def _drop_ready(self) -> None:
+        if self.guest is not None:
+            self._cpu_done += self.guest.machine.cpu_seconds
+            self.guest = None
+        if self.ready is not None:
+            self.ready.discard()
+            self.ready = None
 
     def start_restored(
         self, state_file: Path, *, warm_cmdline: bool, name: str, state: InstanceState
@@ -93,7 +144,9 @@ class Instance:
         self.started = Start(StartMode.RESTORED, f"restored from checkpoint {name}")
         return self._launch(dataclasses.replace(cfg, incoming=state_file), state)
 
-    def _launch(self, cfg: MachineConfig, state: InstanceState) -> GuestRun:
+    def _launch(
+        self, cfg: MachineConfig, state: InstanceState, machine: QemuMachine | None = None
+    ) -> GuestRun:
         prepared = self._need_prepared()
         timeout = self.opts.timeout if self.opts.timeout is not None else prepared.desc.timeout
         self.guest = GuestRun(
@@ -103,6 +156,7 @@ class Instance:
             boot_timeout=self.opts.boot_timeout,
             on_update=self.on_update,
             state=state,
+            machine=machine,
         )
         self._t_launch = self._t_launch or time.monotonic()
         self.guest.launch()
@@ -121,7 +175,16 @@ class Instance:
         if not guest.poll():
             return False
         if self._warm_start_failed(guest):
-            self._boot_cold_instead(guest)
+            if self.ready is not None:  # the pool's VM failed: a VM of this instance's own
+                self._drop_ready()
+                cfg, how = self._need_prepared().warm_config()
+                self.started = Start(StartMode.WARM if cfg.incoming else StartMode.COLD, how)
+                self._launch(cfg, InstanceState())
+            elif guest.cfg.ram_file is not None:
+                tail = guest.machine.qemu_log_tail(1) or f"exit status {guest.machine.returncode}"
+                self._shared_ram_instead(guest, tail)
+            else:
+                self._boot_cold_instead(guest)
             return False
         return True
 
@@ -136,12 +199,23 @@ class Instance:
             return False
         return guest.machine.returncode not in (0, None) and not guest.state.event_count
 
+    def _shared_ram_instead(self, failed: GuestRun, reason: str) -> None:
+        """The saved guest whose RAM is a file did not load: resume the one whose RAM is
+        in its state instead (saving it first if need be)."""
+        failed.stop()
+        self._cpu_done += failed.machine.cpu_seconds
+        prepared = self._need_prepared()
+        prepared.shared_ram_failed(reason)
+        cfg, how = prepared.warm_config(shared_ram=False)
+        self.started = Start(StartMode.WARM if cfg.incoming else StartMode.COLD, how)
+        self._launch(cfg, InstanceState())
+
     def _boot_cold_instead(self, failed: GuestRun) -> None:
         """The node's saved booted guest did not load (QEMU changed underneath?): forget
         it and boot this instance cold."""
         log.warning("warm start failed (%s); booting cold", failed.machine.qemu_log_tail())
         prepared = self._need_prepared()
-        if failed.cfg.incoming is not None:
+        if failed.cfg.incoming is not None and failed.cfg.ram_file is None:
             failed.cfg.incoming.unlink(missing_ok=True)
         self._cpu_done += failed.machine.cpu_seconds
         prepared.shrink_disks()
@@ -204,6 +278,9 @@ class Instance:
         try:
             if self.guest is not None and not self.guest.ended:
                 self.stop()
+            if self.ready is not None:  # never given another instance
+                self.ready.discard()
+                self.ready = None
         finally:
             if self.prepared is not None:
                 self.prepared.release()

@@ -13,7 +13,7 @@ import logging
 import time
 
 from vmwu.errors import Interrupted, VmwuError
-from vmwu.run.instance import Instance
+from vmwu.run.instance import Instance, ReadySource
 from vmwu.run.outcome import RunResult, salvage
 from vmwu.run.prepare import RunOptions
 from vmwu.run.status import RunStatus
@@ -25,8 +25,11 @@ log = logging.getLogger(__name__)
 __all__ = ["RunOptions", "RunResult", "Update", "run_unit"]
 
 
-def run_unit(opts: RunOptions, *, on_update: Update | None = None) -> RunResult:
-    instance = Instance(opts, on_update=on_update, check_output=not opts.print_cmdline)
+def run_unit(
+    opts: RunOptions, *, on_update: Update | None = None, pool: ReadySource | None = None
+) -> RunResult:
+    """``pool``: ready VMs the instance may run in (the node pool service's)."""
+    instance = Instance(opts, on_update=on_update, check_output=not opts.print_cmdline, pool=pool)
     try:
         prepared = instance.prepare()
     except VmwuError as exc:

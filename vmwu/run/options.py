@@ -219,6 +219,7 @@ def _to_run_options(
         keep=r.get("keep", bool),
         warm=r.get("warm", bool),
         print_cmdline=r.get("print-cmdline", bool),
+        workdir=cwd,
         catalog=path("catalog"),
         cache_limit=_cache_limit(r),
     )

@@ -8,6 +8,7 @@ and the QEMU machine configuration (cold, or resuming the node's saved booted gu
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmwu.cache import NodeCache
-from vmwu.errors import BadInput, UnitError
+from vmwu.errors import BadInput, HostDiskFull, UnitError
 from vmwu.guest import protocol
 from vmwu.guest.protocol import Label
 from vmwu.images import qemu_img
@@ -41,6 +42,10 @@ from vmwu.vmm.qemu import (
 )
 
 log = logging.getLogger(__name__)
+
+# Warm start from a saved guest whose RAM is a file (issue 15); VMWU_NO_SHARED_RAM=1 in
+# the environment turns it off (the saved guest with its RAM in the state is used).
+SHARED_RAM = True
 
 # Files vmwu itself writes into the output directory.
 CONSOLE_LOG = "console.log"
@@ -82,10 +87,13 @@ class RunOptions:
     catalog: Path | None = None
     cache_dir: Path | None = None
     cache_limit: str | None = None  # --cache-limit (default $VMWU_CACHE_LIMIT, unlimited)
+    # where the command was typed: the default output directory goes there (the node
+    # pool service runs instances for commands typed elsewhere); None: the current one
+    workdir: Path | None = None
 
 
-def default_output_dir(unit_name: str) -> Path:
-    return Path.cwd() / f"{unit_name}-output"
+def default_output_dir(unit_name: str, workdir: Path | None = None) -> Path:
+    return (workdir or Path.cwd()) / f"{unit_name}-output"
 
 
 def check_output_dir(path: Path) -> None:
@@ -253,11 +261,15 @@ def warm_start(
     sizes_before: dict[Path, int],
     boot_timeout: float,
     base_under: tuple[Path, str] | None = None,
+    *,
+    shared: SharedUse | None = None,
 ) -> tuple[MachineConfig, str]:
     """``cfg`` set up to resume the node's saved booted guest (saving it first if this
     is the first such instance on the node), or unchanged with the reason why not. The
     instance disks are grown to the warm capacity; ``sizes_before`` records their sizes
-    so that they can be shrunk back when the guest is done."""
+    so that they can be shrunk back when the guest is done. With ``shared``, the saved
+    guest whose RAM is a file is tried first (``shared`` then holds its files in use);
+    when it cannot be had, the one with the RAM in its state."""
     sizes = {f.role.value: f.capacity or 0 for f in desc.files if f.is_disk}
     reason = warm.eligible(cfg, sizes)
     if reason is not None:
@@ -270,15 +282,25 @@ def warm_start(
     failed_marker = cache.derived_path(f"{key}.failed")
     if failed_marker.exists():
         return cfg, "cold boot: this machine configuration failed to warm-start before"
-    frozen = None
-    if base_under is not None:
-        frozen = warm.FrozenBase(
-            base_under[0], base_under[1], cache.derived_path(f"{key}.base.qcow2")
-        )
-        if not frozen.path.exists():  # removed by hand: the state without it is useless
-            cache.derived_path(f"{key}.state").unlink(missing_ok=True)
-    saved_now = not cache.derived_path(f"{key}.state").exists()
     try:
+        if shared is not None:
+            saved = shared_start(warm_cfg, cache, key, inst, boot_timeout, base_under, shared)
+            if saved is not None:
+                how = "saved the booted guest for this node, then resumed it"
+                how = how if shared.saved_now else "resumed"
+                drives = warm_drives(cfg, inst, sizes_before, saved.base)
+                resumed = dataclasses.replace(
+                    warm_cfg, incoming=saved.state, ram_file=saved.ram, drives=drives
+                )
+                return resumed, f"warm start: {how} (guest RAM from a file)"
+        frozen = None
+        if base_under is not None:
+            frozen = warm.FrozenBase(
+                base_under[0], base_under[1], cache.derived_path(f"{key}.base.qcow2")
+            )
+            if not frozen.path.exists():  # removed by hand: the state without it is useless
+                cache.derived_path(f"{key}.state").unlink(missing_ok=True)
+        saved_now = not cache.derived_path(f"{key}.state").exists()
         state = cache.ensure_derived(
             f"{key}.state",
             lambda tmp: warm.save_state(
@@ -295,21 +317,97 @@ def warm_start(
             failed_marker.parent.mkdir(parents=True, exist_ok=True)
             failed_marker.write_text(f"{exc}\n")
         return cfg, f"cold boot: the warm-start template failed ({exc})"
+    drives = warm_drives(cfg, inst, sizes_before, frozen.path if frozen else None)
+    how = "saved the booted guest for this node, then resumed it" if saved_now else "resumed"
+    resumed = dataclasses.replace(warm_cfg, incoming=state, drives=drives)
+    return resumed, f"warm start: {how}"
+
+
+def warm_drives(
+    cfg: MachineConfig, inst: Path, sizes_before: dict[Path, int], frozen: Path | None
+) -> tuple[Drive, ...]:
+    """The instance's drives for a warm start: disks grown to the saved capacity, and the
+    root disk as the saved guest left it (an overlay over ``frozen``)."""
     drives = []
     for d in cfg.drives:
         if d.id == warm.BASE and frozen is not None:
             # the root disk as the saved guest left it (its own capacity), written to a
             # separate overlay: a cold-boot fallback still has the one over the base
             root = inst / "base-warm.qcow2"
-            qemu_img.create_overlay(frozen.path, root, backing_format="qcow2")
+            qemu_img.create_overlay(frozen, root, backing_format="qcow2")
             drives.append(dataclasses.replace(d, path=root))
             continue
-        sizes_before[d.path] = warm.virtual_size(d.path)
-        warm.resize(d.path, warm.CAPACITY)
+        if d.path not in sizes_before:  # a second try (fallback) finds them grown
+            sizes_before[d.path] = warm.virtual_size(d.path)
+            warm.resize(d.path, warm.CAPACITY)
         drives.append(d)
-    how = "saved the booted guest for this node, then resumed it" if saved_now else "resumed"
-    resumed = dataclasses.replace(warm_cfg, incoming=state, drives=tuple(drives))
-    return resumed, f"warm start: {how}"
+    return tuple(drives)
+
+
+@dataclass
+class SharedUse:
+    """The shared-RAM saved guest an instance uses: its key, whether this instance saved
+    it, and the in-use locks held on its files until the instance is released."""
+
+    holds: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    key: str | None = None
+    saved_now: bool = False
+    save: warm.SharedSave | None = None
+
+
+def shared_ram_off(cache: NodeCache, key: str) -> Path:
+    return cache.derived_path(f"{key}.shared-off")
+
+
+def shared_start(
+    warm_cfg: MachineConfig,
+    cache: NodeCache,
+    key: str,
+    inst: Path,
+    boot_timeout: float,
+    base_under: tuple[Path, str] | None,
+    use: SharedUse,
+) -> warm.SharedSave | None:
+    """The node's shared-RAM saved guest for ``key`` (saved now if there is none), held
+    in use; None (with the reason in the debug log) when it cannot be had."""
+    if not SHARED_RAM or os.environ.get("VMWU_NO_SHARED_RAM"):
+        return None
+    off = shared_ram_off(cache, key)
+    if off.exists():
+        log.debug("warm start without guest RAM from a file: %s", off.read_text().strip())
+        return None
+    pointer = cache.derived_path(f"{key}.shared")
+    use.key = key
+    use.saved_now = not pointer.exists()
+    try:
+        cache.ensure_derived(
+            f"{key}.shared",
+            lambda tmp: warm.save_shared(
+                warm_cfg,
+                tmp,
+                cache.derived_path(""),
+                key,
+                inst / "warm-template-shm",
+                timeout=boot_timeout,
+                base_under=base_under,
+            ),
+        )
+        save = warm.read_shared(pointer, key)
+        for path in save.files():
+            use.holds.enter_context(cache.in_use(path))
+        warm.read_shared(pointer, key)  # still there now that it is held
+    except (warm.TemplateFailed, HostDiskFull):
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure: the full state still works
+        use.holds.close()
+        reason = f"the shared-RAM save failed ({str(exc).splitlines()[0] if str(exc) else exc!r})"
+        log.debug("warm start without guest RAM from a file: %s", reason)
+        warm.drop_shared(pointer, key)
+        off.parent.mkdir(parents=True, exist_ok=True)
+        off.write_text(reason + "\n")
+        return None
+    use.save = save
+    return save
 
 
 @dataclass
@@ -326,9 +424,11 @@ class Prepared:
     grown: dict[Path, int] = field(default_factory=dict)  # disks grown for a warm start
     # what the root disk's overlay is over (base disk or layer) and its format, if any
     base_under: tuple[Path, str] | None = None
+    shared: SharedUse = field(default_factory=SharedUse)
 
-    def warm_config(self) -> tuple[MachineConfig, str]:
-        """The configuration to boot with (warm unless disabled or impossible) and how."""
+    def warm_config(self, *, shared_ram: bool = True) -> tuple[MachineConfig, str]:
+        """The configuration to boot with (warm unless disabled or impossible) and how;
+        ``shared_ram``: try the saved guest whose RAM is a file first."""
         if not self.opts.warm:
             return self.cfg, "cold boot: --no-warm"
         return warm_start(
@@ -339,7 +439,21 @@ class Prepared:
             self.grown,
             self.opts.boot_timeout,
             self.base_under,
+            shared=self.shared if shared_ram else None,
         )
+
+    def shared_ram_failed(self, reason: str) -> None:
+        """The shared-RAM saved guest did not load: forget it (and, if this instance had
+        just saved it, stop trying it on this node: it would fail again)."""
+        use = self.shared
+        use.holds.close()
+        if use.key is None:
+            return
+        log.debug("warm start without guest RAM from a file: %s", reason)
+        warm.drop_shared(self.cache.derived_path(f"{use.key}.shared"), use.key)
+        if use.saved_now:
+            off = shared_ram_off(self.cache, use.key)
+            off.write_text(f"a fresh shared-RAM save did not load ({reason})\n")
 
     def shrink_disks(self) -> None:
         """Give warm-started disks their own sizes back (after QEMU has exited) where they
@@ -362,6 +476,7 @@ class Prepared:
             else:
                 shutil.rmtree(self.inst, ignore_errors=True)
         finally:
+            self.shared.holds.close()
             self.cache.release_holds()  # the cache entries it used may now be evicted
 
 
@@ -405,7 +520,7 @@ def _prepare(opts: RunOptions, cache: NodeCache, *, check_output: bool) -> Prepa
         desc = reader.descriptor
         if opts.vmm_memory is None:
             check_unit_memory(desc.memory_mib, opts.unit)
-        out_dir = (opts.output_directory or default_output_dir(desc.name)).absolute()
+        out_dir = (opts.output_directory or default_output_dir(desc.name, opts.workdir)).absolute()
         if check_output:
             check_output_dir(out_dir)
         disks = resolve_files(

@@ -89,6 +89,11 @@ class Place:
     stage: Callable[[Path, str, str], None] | None = None
 
 
+_JOB_VARS = frozenset({"VMWU_JOB_ID", "VMWU_JOB_ATTEMPT", "VMWU_WORK_DIR", "VMWU_RESULTS"})
+# shell syntax that makes a command more than "program args" (quotes and spaces are fine)
+_SHELL_SYNTAX = re.compile(r"[$`;&|<>()*?\[\]~{}!#\\\n]|(^|\s)\w+=")
+
+
 class _Stream:
     def __init__(self, fd: int | None = None, path: tuple[Path, str] | None = None) -> None:
         self.fd = fd
@@ -169,6 +174,9 @@ class TaskRun:
         if step.kind is StepKind.EXECUTE:
             command = step.args[0].render_shell(self.place.values)
             self.note(f"{step.written or 'execute'} {command}")
+            pooled = self.vmwu_run_in_pool(command)
+            if pooled is not None:
+                return pooled
             return self.execute(["sh", "-c", command], step)
         if step.kind is StepKind.EXEC:
             return self.exec(step)
@@ -181,6 +189,37 @@ class TaskRun:
         return None
 
     # -- processes --------------------------------------------------------------------------
+
+    def vmwu_run_in_pool(self, command: str) -> int | None:
+        """A plain ``vmwu run ...`` command (no shell syntax beyond quoting) with a node
+        pool service at hand ($VMWU_POOL, the local executor's): asked of the service
+        from this process, without starting a shell and a Python for it (issue 15 §3).
+        None: run it the ordinary way (no pool, other syntax, other VMWU_* settings)."""
+        from vmwu.run import poolserve
+
+        sock = poolserve.pool_socket()
+        if sock is None or _SHELL_SYNTAX.search(command):
+            return None
+        # the service runs with this process's environment: a step's own VMWU_* setting
+        # (a cache, a catalog) is for a vmwu of its own; the job's identity is not one
+        for key, value in self.place.env.items():
+            if key.startswith(("VMWU_", "XDG_")) and key not in _JOB_VARS:
+                if os.environ.get(key) != value:
+                    return None
+        try:
+            words = shlex.split(command)
+        except ValueError:
+            return None
+        if words[:2] != ["vmwu", "run"] or len(words) < 3:
+            return None
+        reply = poolserve.run_via_pool(sock, words[2:], cwd=self.place.cwd)
+        if reply is None or reply.local:
+            return None
+        err = self.err.fd if self.err.fd is not None else self.place.log.fileno()
+        line = f"vmwu: error: {reply.error}" if reply.error is not None else reply.summary
+        if line is not None:
+            os.write(err, (line + "\n").encode())
+        return reply.exit
 
     def exec(self, step: Step) -> int:
         words = [a.render(self.place.values, env=self.place.env) for a in step.args]

@@ -40,7 +40,8 @@ class GuestRun:
     ``timeout``: seconds of (unsuspended) life before the guest is stopped (None: no
     limit); ``boot_timeout``: seconds within which the agent must report (None: the guest
     has no agent, e.g. a second-stage installer); ``on_update``: called with the state
-    about ten times a second."""
+    about ten times a second; ``machine``: a QEMU already running (a pooled VM that
+    was just given this guest's disks and files) instead of one to launch."""
 
     def __init__(
         self,
@@ -51,13 +52,14 @@ class GuestRun:
         boot_timeout: float | None = None,
         on_update: Update | None = None,
         state: InstanceState | None = None,
+        machine: QemuMachine | None = None,
     ) -> None:
         self.cfg = cfg
         self.workdir = workdir
         self.timeout = timeout
         self.boot_timeout = boot_timeout
         self.on_update = on_update
-        self.machine = QemuMachine(cfg, log_path=workdir / "qemu.log")
+        self.machine = machine or QemuMachine(cfg, log_path=workdir / "qemu.log")
         self.state = state or InstanceState()
         events = cfg.events_log or workdir / "events.jsonl"
         self.events = EventReader(events)
@@ -73,7 +75,8 @@ class GuestRun:
 
     def launch(self) -> None:
         self.events.path.unlink(missing_ok=True)
-        self.machine.launch()
+        if self.machine.pid is None:
+            self.machine.launch()
         self._tick = time.monotonic()
         if not self.state.qemu_started:
             self.state.qemu_started = self.machine.started_at

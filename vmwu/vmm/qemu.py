@@ -65,6 +65,16 @@ class MachineConfig:
     bios_dir: Path | None = None  # -L: firmware files when QEMU is not installed system-wide
     extra_args: tuple[str, ...] = field(default_factory=tuple)
     incoming: Path | None = None  # a saved VM state to resume (fed to QEMU on stdin)
+    # Guest RAM in a file (memory-backend-file): the warm-start template writes it
+    # (share=on) and saves a state without it (x-ignore-shared); an instance maps it
+    # privately (share=off) and loads that small state after QMP has set the capability
+    # (``-incoming defer``, see :meth:`QemuMachine.launch`).
+    ram_file: Path | None = None
+    ram_share: bool = False
+    # Disks whose image can be swapped while the VM is paused (a pooled VM, vmwu/vmm/
+    # pool.py): each is a raw "top" node <id>-top over a file node <id>-ph.
+    swappable: bool = False
+    start_paused: bool = False  # -S: a restored VM stays paused until "cont"
     # UEFI (issue 6, vmwu/vmm/firmware.py): OVMF code (read-only) and this VM's variables
     pflash: tuple[Path, ...] = ()
 
@@ -141,6 +151,25 @@ def serial_args(cfg: MachineConfig) -> list[str]:
     return args
 
 
+def swappable_drive_args(drives: tuple[Drive, ...]) -> list[str]:
+    """Virtio disks over raw "top" nodes: ``blockdev-reopen`` points a top at another
+    image while the guest keeps its device (vmwu.vmm.pool)."""
+    args: list[str] = []
+    for d in drives:
+        if d.kind != DriveKind.DISK or d.format != "raw":
+            raise ValueError(f"drive {d.id}: only raw virtio disks can be swapped")
+        ro = ",read-only=on" if d.read_only else ""
+        args += [
+            "-blockdev",
+            f"driver=file,node-name={d.id}-ph,filename={opt(d.path)},cache.no-flush=on{ro}",
+            "-blockdev",
+            f"driver=raw,node-name={d.id}-top,file={d.id}-ph,cache.no-flush=on{ro}",
+        ]
+        serial = f",serial={opt(d.serial)}" if d.serial else ""
+        args += ["-device", f"virtio-blk-pci,drive={d.id}-top{serial}"]
+    return args
+
+
 def drive_args(drives: tuple[Drive, ...]) -> list[str]:
     args: list[str] = []
     if any(d.kind == DriveKind.CDROM for d in drives):
@@ -177,6 +206,27 @@ def qmp_args(cfg: MachineConfig) -> list[str]:
     return ["-qmp", f"unix:{opt(cfg.qmp_socket)},server=on,wait=off"]
 
 
+RAM_BACKEND = "vmwu.ram"
+
+
+def ram_args(cfg: MachineConfig) -> list[str]:
+    if cfg.ram_file is None:
+        return []
+    share = "on" if cfg.ram_share else "off"
+    backend = (
+        f"memory-backend-file,id={RAM_BACKEND},size={cfg.memory_mib}M,"
+        f"mem-path={opt(cfg.ram_file)},share={share}"
+    )
+    return ["-object", backend, "-machine", f"memory-backend={RAM_BACKEND}"]
+
+
+def incoming_args(cfg: MachineConfig) -> list[str]:
+    if cfg.incoming is None:
+        return []
+    # with guest RAM from a file, x-ignore-shared must be set before the state is read
+    return ["-incoming", "defer" if cfg.ram_file is not None else "fd:0"]
+
+
 def build_argv(cfg: MachineConfig) -> list[str]:
     exe = cfg.executable or qemu_binary(cfg.arch)
     return [
@@ -185,9 +235,11 @@ def build_argv(cfg: MachineConfig) -> list[str]:
         *pflash_args(cfg),
         *boot_args(cfg),
         *serial_args(cfg),
-        *drive_args(cfg.drives),
+        *(swappable_drive_args if cfg.swappable else drive_args)(cfg.drives),
+        *ram_args(cfg),
         *qmp_args(cfg),
-        *(["-incoming", "fd:0"] if cfg.incoming else []),
+        *incoming_args(cfg),
+        *(["-S"] if cfg.start_paused else []),
         *cfg.extra_args,
     ]
 
@@ -198,6 +250,8 @@ class MachineState(StrEnum):
     EXITED = "exited"
 
 
+QMP_CONNECT_TIMEOUT = 30.0
+QMP_COMMAND_TIMEOUT = 60.0
 SUN_PATH_MAX = 107  # bytes of a unix socket's path (sun_path less its NUL)
 _SOCKET_DIR_LINK = "qmp-dir"
 
@@ -258,6 +312,41 @@ class QemuMachine:
             self._pidfd = os.pidfd_open(self._proc.pid)
         except (AttributeError, OSError):
             self._pidfd = None
+        if self.cfg.incoming is not None and self.cfg.ram_file is not None:
+            self._start_incoming()
+
+    def _start_incoming(self) -> None:
+        """Load the state on QEMU's stdin into guest RAM mapped from ``cfg.ram_file``:
+        the state leaves that RAM out (x-ignore-shared), so the capability must be set on
+        this side too before the stream is read. Raises :class:`VMCrashed` if QEMU
+        exits or does not answer (the caller falls back to a full state)."""
+        self.connect_qmp(timeout=QMP_CONNECT_TIMEOUT)
+        self.command(
+            "migrate-set-capabilities",
+            capabilities=[{"capability": "x-ignore-shared", "state": True}],
+        )
+        self.command("migrate-incoming", uri="fd:0")
+
+    def connect_qmp(self, *, timeout: float) -> None:
+        """Connect to the QMP socket of a QEMU that was just started (it appears a few
+        milliseconds after the process): retried until ``timeout`` s have passed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.poll() is not None:
+                tail = self.qemu_log_tail() or f"QEMU exited with status {self.returncode}"
+                raise VMCrashed(f"QEMU exited before its QMP socket was up: {tail}")
+            sock = self.cfg.qmp_socket
+            if sock is not None and sock.exists():
+                try:
+                    self.qmp().settimeout(QMP_COMMAND_TIMEOUT)
+                    return
+                except Exception as exc:  # noqa: BLE001 - not listening yet (OSError, QMP)
+                    self._qmp = None
+                    if time.monotonic() > deadline:
+                        raise VMCrashed(f"QEMU's QMP socket did not answer: {exc}") from exc
+            elif time.monotonic() > deadline:
+                raise VMCrashed(f"QEMU's QMP socket {sock} did not appear within {timeout:g} s")
+            self.wait_exit_event(0.002)
 
     @property
     def pid(self) -> int | None:
@@ -334,6 +423,12 @@ class QemuMachine:
         if self.state != MachineState.RUNNING:
             raise VMCrashed(f"QMP {name}: the VM is not running (state {self.state})")
         return self.qmp().cmd(name, **args)
+
+    def disconnect_qmp(self) -> None:
+        """Close the QMP connection (the next command connects again, from whichever
+        thread sends it: a connection is tied to the event loop of the thread that made
+        it)."""
+        self._close_qmp()
 
     def _close_qmp(self) -> None:
         if self._qmp is not None:

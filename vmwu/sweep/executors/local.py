@@ -6,6 +6,14 @@ forking skips a Python start-up per job, the biggest per-job cost on a loaded ma
 The child starts a session of its own, so a driver that dies (kill -9, a closed terminal)
 does not take its jobs with it; a resumed driver finds them again by pid and start time
 (``pid:PID:START`` handles, also written by the runner to ``run/JOBID.aN.json``).
+
+For the sweep's duration the executor also owns a node pool service (``vmwu pool serve``,
+issue 15; docs/pool.md), ``slots`` ready VMs per machine, which the jobs' ``vmwu run``
+steps use through ``$VMWU_POOL``. It is started through the spawn door, so it (and its
+QEMUs) die with the driver; a job whose ``vmwu run`` loses it then fails as an
+infrastructure failure (247) and is retried by a resumed driver. ``VMWU_POOL=off`` in the
+environment runs every instance in its own QEMU; a ``VMWU_POOL`` naming a socket is used
+as it is.
 """
 
 from __future__ import annotations
@@ -13,14 +21,17 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import shutil
 import signal
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from vmwu import procstat as procs
+from vmwu import tools
 from vmwu.errors import VmwuError
 from vmwu.sweep.executors import Context, Executor, Observed, Phase, Submission
 from vmwu.sweep.layout import Layout, read_json
@@ -121,8 +132,53 @@ class LocalExecutor(Executor):
             ctx.slots = os.cpu_count() or 1
         self.children: dict[str, int] = {}  # handle -> pid, for jobs forked by this driver
         self.pidfds: dict[int, int] = {}  # pid -> pidfd, to wake up when one exits
+        self.pool: tools.Process | None = None
+        self.pool_dir: Path | None = None
+        self._pool_tried = False  # started at the first submission (not for a cancel)
+
+    def _start_pool(self, size: int) -> None:
+        from vmwu.run import poolserve
+
+        if os.environ.get(poolserve.ENV):  # the user's own service, or "off"
+            return
+        self.pool_dir = Path(tempfile.mkdtemp(prefix="vmwu-pool-"))
+        sock = self.pool_dir / "pool.sock"
+        argv = [sys.executable, "-m", "vmwu", "pool", "serve", "--socket", str(sock)]
+        argv += ["--size", str(size), "--idle", "86400"]
+        with open(self.pool_dir / "serve.log", "wb") as log:
+            self.pool = tools.spawn(argv, stdout=log, stderr=log, session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and self.pool.poll() is None:
+            try:
+                poolserve.ask(sock, {"v": 1, "status": True}, timeout=10)
+            except OSError:
+                time.sleep(0.02)
+                continue
+            os.environ[poolserve.ENV] = str(sock)  # the jobs, forked from here, see it
+            return
+        self._stop_pool()
+
+    def _stop_pool(self) -> None:
+        from vmwu.run import poolserve
+
+        if os.environ.get(poolserve.ENV) and self.pool_dir is not None:
+            if os.environ[poolserve.ENV] == str(self.pool_dir / "pool.sock"):
+                del os.environ[poolserve.ENV]
+        if self.pool is not None:
+            if self.pool.poll() is None:
+                self.pool.terminate()
+                if self.pool.wait(60) is None:
+                    self.pool.signal(signal.SIGKILL)
+                    self.pool.wait(10)
+            self.pool = None
+        if self.pool_dir is not None:
+            shutil.rmtree(self.pool_dir, ignore_errors=True)
+            self.pool_dir = None
 
     def submit(self, subs: Sequence[Submission], batch: str) -> dict[str, str]:
+        if not self._pool_tried:
+            self._pool_tried = True
+            self._start_pool(self.ctx.slots or 1)
         handles: dict[str, str] = {}
         for sub in subs:
             log = self.ctx.layout.log(sub.job_id, sub.attempt)
@@ -203,3 +259,4 @@ class LocalExecutor(Executor):
             os.close(fd)
         self.pidfds.clear()
         self.children.clear()
+        self._stop_pool()
