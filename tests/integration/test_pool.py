@@ -210,6 +210,7 @@ def test_a_sweep_uses_the_pool_and_its_qemus_die_with_the_driver(vmwu: Vmwu) -> 
     unit = sleeper_unit(vmwu)
     plan = sleeper_plan(vmwu.tmp, unit, 6, seconds="3")
     res = vmwu.tmp / "res"
+    vmwu.extra_env["VMWU_POOL"] = "auto"  # the driver owns a pool for the sweep
     driver = start_sweep(vmwu, plan, "--results", res, "-j", "2")
     # some jobs done (their instances ran in the driver's pool), others running
     wait_for(lambda: list((res / "jobs").glob("j-*")) and markers(res), 180, "a job done")

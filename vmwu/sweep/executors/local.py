@@ -7,13 +7,13 @@ The child starts a session of its own, so a driver that dies (kill -9, a closed 
 does not take its jobs with it; a resumed driver finds them again by pid and start time
 (``pid:PID:START`` handles, also written by the runner to ``run/JOBID.aN.json``).
 
-For the sweep's duration the executor also owns a node pool service (``vmwu pool serve``,
-issue 15; docs/pool.md), ``slots`` ready VMs per machine, which the jobs' ``vmwu run``
-steps use through ``$VMWU_POOL``. It is started through the spawn door, so it (and its
-QEMUs) die with the driver; a job whose ``vmwu run`` loses it then fails as an
-infrastructure failure (247) and is retried by a resumed driver. ``VMWU_POOL=off`` in the
-environment runs every instance in its own QEMU; a ``VMWU_POOL`` naming a socket is used
-as it is.
+With ``VMWU_POOL=auto`` the executor also owns a node pool service for the sweep's
+duration (``vmwu pool serve``, issue 15; docs/pool.md), ``slots`` ready VMs per machine,
+which the jobs' ``vmwu run`` steps use through ``$VMWU_POOL``. It is started through the
+spawn door, so it (and its QEMUs) die with the driver; a job whose ``vmwu run`` loses it
+then fails as an infrastructure failure (247) and is retried by a resumed driver. Unset
+or ``off``: every instance runs in its own QEMU (the default); a ``VMWU_POOL`` naming a
+socket is used as it is.
 """
 
 from __future__ import annotations
@@ -139,7 +139,10 @@ class LocalExecutor(Executor):
     def _start_pool(self, size: int) -> None:
         from vmwu.run import poolserve
 
-        if os.environ.get(poolserve.ENV):  # the user's own service, or "off"
+        # opt-in: with a pool a job's guest belongs to the service, so a driver killed
+        # with -9 takes the running jobs with it (they are re-run, not re-attached), and
+        # on 2 busy cores the pool's refill competes with the slots (docs/pool.md)
+        if os.environ.get(poolserve.ENV) != "auto":  # unset, "off", or the user's socket
             return
         self.pool_dir = Path(tempfile.mkdtemp(prefix="vmwu-pool-"))
         sock = self.pool_dir / "pool.sock"
