@@ -21,7 +21,8 @@ Figures:
   set, one run at a time, the pool refilled in between as it would be between a user's
   commands), ``pooled_start``, and ``pooled_{rss,pss,private}_mib``: every QEMU of the
   service while ``--concurrent`` instances run in it (running and ready VMs alike).
-  The sweep figures use the pool the local executor starts by itself.
+  The sweep is run without a pool and, interleaved, with the pool the local executor
+  starts for ``VMWU_POOL=auto`` (``..._pooled_wall_s``, ``ratio_pooled_sweep_vs_bare``).
 
 It measures the vmwu of the Python that runs it (``OTHER/.venv/bin/python bench/pool.py``
 measures another checkout with this script: the "before" figures of a change); that
@@ -248,15 +249,22 @@ def main() -> None:
             f"    node:execute vmwu run {units['noop']} --quiet --output-directory out\n"
             "endtask\n"
         )
-        sweeps = []
+        has_pool = subprocess.run([*VMWU, "pool", "--help"], env=env, capture_output=True)
+        # with and without the sweep's own pool (VMWU_POOL=auto), interleaved
+        sweeps: list[float] = []
+        pooled_sweeps: list[float] = []
         for i in range(args.sweep_runs):
-            res = work / f"sweep-{i}"
-            t = time.perf_counter()
-            sh([*VMWU, "sweep", str(plan), "--results", str(res), "-q", "-j", "2"], env)
-            sweeps.append(time.perf_counter() - t)
+            sides = [(sweeps, env)]
+            if has_pool.returncode == 0:
+                sides.append((pooled_sweeps, {**env, "VMWU_POOL": "auto"}))
+            for walls, side_env in sides:
+                res = work / f"sweep-{i}-{len(walls)}-{len(sides)}-{time.monotonic_ns()}"
+                t = time.perf_counter()
+                argv = [*VMWU, "sweep", str(plan), "--results", str(res), "-q", "-j", "2"]
+                sh(argv, side_env)
+                walls.append(time.perf_counter() - t)
         mem = memory(units["sleep"], work, env, args.concurrent)
         pooled: dict[str, Any] = {}
-        has_pool = subprocess.run([*VMWU, "pool", "--help"], env=env, capture_output=True)
         if has_pool.returncode == 0:
             pooled = pool_figures(work, env, args, run, units)
         bare_wall = med(bare_walls)
@@ -278,6 +286,11 @@ def main() -> None:
             "concurrent_instances": args.concurrent,
             **mem,
         }
+        if pooled_sweeps:
+            pooled_wall = med(pooled_sweeps)
+            pooled[f"sweep_{args.jobs}_noop_local_2_slots_pooled_wall_s"] = pooled_wall
+            pooled["ratio_pooled_sweep_vs_bare"] = round(pooled_wall / bare_wall, 2)
+            pooled["pooled_sweep_jobs_per_minute"] = round(args.jobs * 60 / pooled_wall)
         if pooled:
             pooled["ratio_pooled_vs_bare"] = round(pooled["noop_run_wall_pooled_s"] / bare_wall, 3)
             result.update(pooled)

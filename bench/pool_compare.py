@@ -114,7 +114,9 @@ class Side:
 
     def sweep(self, i: int) -> float:
         res = str(self.dir / f"res{i}")
-        return self.sh("sweep", str(self.plan), "--results", res, "-q", "-j", "2")
+        # VMWU_POOL=auto: a local sweep of a vmwu with the pool starts one (ignored before)
+        env = {**self.env, "VMWU_POOL": "auto"}
+        return self.sh("sweep", str(self.plan), "--results", res, "-q", "-j", "2", env=env)
 
     def result(self, jobs: int) -> dict[str, Any]:
         out: dict[str, Any] = {k: med(v) for k, v in self.figures.items()}

@@ -335,9 +335,10 @@ def reply_for(result: Any, opts: Any, quiet: bool) -> Reply:
 
 
 def pool_socket() -> Path | None:
-    """The service ``$VMWU_POOL`` names (a socket path; unset, empty or ``off``: none)."""
+    """The service ``$VMWU_POOL`` names (a socket path; unset, empty, ``off``, or ``auto``
+    that no local sweep has replaced by its own service's socket: none)."""
     value = os.environ.get(ENV)
-    return Path(value) if value and value != "off" else None
+    return Path(value) if value and value not in ("off", "auto") else None
 
 
 def ask(sock_path: Path, request: dict[str, Any], timeout: float | None = None) -> Reply:
