@@ -134,7 +134,7 @@ def test_a_run_at_the_limit_evicts_what_is_idle_not_what_it_runs_on(cold_vmwu: V
     assert result.returncode == 0, result.stderr
     assert (out2 / "stdout.log").read_text() == "2\n"
     # the saved guest and the base stayed: resumed, not saved again
-    assert status2["start"] == "warm start: resumed", status2
+    assert status2["start"].startswith("warm start: resumed"), status2
     after_two = blobs(cache)
     assert len(after_one - after_two) == 1 and len(after_two - after_one) == 1
     info = cache_info(cold_vmwu)

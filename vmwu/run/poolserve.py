@@ -97,16 +97,23 @@ def _versioned(doc: object) -> bool:
     return isinstance(doc, dict) and type(doc.get("v")) is int and doc["v"] == VERSION
 
 
-def parse_request(raw: bytes) -> Request:
-    """One request line (bytes as received, newline included or not)."""
-    if len(raw) > MAX_REQUEST:
-        raise BadRequest("request too large")
+def _versioned_line(raw: bytes, limit: int, what: str) -> dict[str, Any]:
+    """One JSON line of the protocol, at most ``limit`` bytes, of this version."""
+    if len(raw) > limit:
+        raise BadRequest(f"{what} too large")
     try:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"not JSON: {exc}") from None
     if not _versioned(doc):
-        raise BadRequest("not a version 1 request")
+        raise BadRequest(f"not a version 1 {what}")
+    assert isinstance(doc, dict)
+    return doc
+
+
+def parse_request(raw: bytes) -> Request:
+    """One request line (bytes as received, newline included or not)."""
+    doc = _versioned_line(raw, MAX_REQUEST, "request")
     if set(doc) == {"v", "status"} and doc["status"] is True:
         return Request(status=True)
     if set(doc) != {"v", "run", "cwd"}:
@@ -123,14 +130,7 @@ def parse_request(raw: bytes) -> Request:
 
 def parse_reply(raw: bytes) -> Reply:
     """The service's answer (the client trusts it no more than it must)."""
-    if len(raw) > MAX_REPLY:
-        raise BadRequest("reply too large")
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"not JSON: {exc}") from None
-    if not _versioned(doc):
-        raise BadRequest("not a version 1 reply")
+    doc = _versioned_line(raw, MAX_REPLY, "reply")
     code = doc.get("exit")
     if not isinstance(code, int) or isinstance(code, bool) or not 0 <= code <= 255:
         raise BadRequest("bad exit code")

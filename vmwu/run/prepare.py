@@ -492,13 +492,22 @@ def host_memory_mib() -> int | None:
     return None
 
 
+class UnitTooLarge(UnitError):
+    """A unit asks for more guest memory than this node has (``memory_mib``)."""
+
+    def __init__(self, memory_mib: int, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.memory_mib = memory_mib
+
+
 def check_unit_memory(memory_mib: int, unit: Path) -> None:
     """Refuse a unit that asks for more guest memory than the node has: QEMU would map it
     lazily, and a guest from elsewhere could then fill it and drive the node into swap or
     the OOM killer. The user's own ``--memory`` is trusted as given."""
     total = host_memory_mib()
     if total is not None and memory_mib > total:
-        raise UnitError(
+        raise UnitTooLarge(
+            memory_mib,
             f"{unit} asks for {memory_mib} MiB of guest memory, more than this node's {total} MiB",
             hint="run it on a node with more memory, or give the guest less with --vmm-memory MiB",
         )

@@ -40,7 +40,7 @@ from vmwu.hostfs import SafeDir, rel_parts
 from vmwu.images import qemu_img
 from vmwu.run.instance import Instance
 from vmwu.run.outcome import RunResult
-from vmwu.run.prepare import Prepared, RunOptions
+from vmwu.run.prepare import Prepared, RunOptions, UnitTooLarge
 from vmwu.vmm import warm
 from vmwu.vmm.guestrun import GuestRun
 from vmwu.vmm.snapshot import save_vm, wait_incoming
@@ -167,7 +167,13 @@ class VmTask:
         opts = self.run_options()
         shutil.rmtree(self.task_dir / "output", ignore_errors=True)  # from an earlier run
         self.instance = Instance(opts)
-        prepared = self.instance.prepare()
+        try:
+            prepared = self.instance.prepare()
+        except UnitTooLarge as exc:
+            # more than this host's memory: under a BOINC client a temporary exit, as for
+            # memory that is not available now (another host may get the workunit)
+            hostcheck.check_memory(exc.memory_mib)
+            raise
         try:
             hostcheck.check_memory(prepared.cfg.memory_mib)
         except hostcheck.NotEnoughMemory:
