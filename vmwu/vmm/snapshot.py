@@ -43,6 +43,13 @@ def save_vm(vm: QemuMachine, dest: Path, *, timeout: float = SAVE_TIMEOUT) -> No
         vm.qmp().send_fd_scm(fh.fileno())
         vm.command("getfd", fdname="vmwustate")
         vm.command("migrate-set-parameters", **{"max-bandwidth": MAX_BANDWIDTH})
+        # A VM restored from the node's saved guest with its RAM from a file had
+        # x-ignore-shared set for that restore; a checkpoint is a whole state, loaded by a
+        # QEMU without it (the RAM is a private mapping: nothing is left out either way)
+        vm.command(
+            "migrate-set-capabilities",
+            capabilities=[{"capability": "x-ignore-shared", "state": False}],
+        )
         vm.command("migrate", uri="fd:vmwustate")
         deadline = time.monotonic() + timeout
         while True:
