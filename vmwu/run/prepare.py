@@ -87,6 +87,10 @@ class RunOptions:
     catalog: Path | None = None
     cache_dir: Path | None = None
     cache_limit: str | None = None  # --cache-limit (default $VMWU_CACHE_LIMIT, unlimited)
+    # resume the node's saved guest with its RAM from a file when there is one (issue 15);
+    # False for VMs that are checkpointed (the wrapper): a checkpoint is a whole state, and
+    # one of a VM whose RAM came from a file loads only into a QEMU set up the same way
+    shared_ram: bool = True
     # where the command was typed: the default output directory goes there (the node
     # pool service runs instances for commands typed elsewhere); None: the current one
     workdir: Path | None = None
@@ -439,7 +443,7 @@ class Prepared:
             self.grown,
             self.opts.boot_timeout,
             self.base_under,
-            shared=self.shared if shared_ram else None,
+            shared=self.shared if shared_ram and self.opts.shared_ram else None,
         )
 
     def shared_ram_failed(self, reason: str) -> None:

@@ -30,12 +30,9 @@ class SaveFailed(HostFailure):
     """QEMU could not write the VM's state (the file is incomplete and must be dropped)."""
 
 
-def save_vm(
-    vm: QemuMachine, dest: Path, *, timeout: float = SAVE_TIMEOUT, ignore_shared: bool = False
-) -> None:
+def save_vm(vm: QemuMachine, dest: Path, *, timeout: float = SAVE_TIMEOUT) -> None:
     """Write the state of the running (or paused) ``vm`` into ``dest`` and fsync it. The
-    VM is left paused in ``postmigrate``. ``ignore_shared``: leave out RAM mapped shared
-    from a file (x-ignore-shared: the node's saved guest, whose RAM is its own file)."""
+    VM is left paused in ``postmigrate``."""
     try:
         fh = open(dest, "wb")
     except OSError as exc:
@@ -46,14 +43,6 @@ def save_vm(
         vm.qmp().send_fd_scm(fh.fileno())
         vm.command("getfd", fdname="vmwustate")
         vm.command("migrate-set-parameters", **{"max-bandwidth": MAX_BANDWIDTH})
-        # A VM restored from the node's saved guest with its RAM from a file had
-        # x-ignore-shared set for that restore, and QEMU keeps it for the next migration;
-        # a checkpoint is a whole state, loaded by a QEMU without it (the RAM is a private
-        # mapping: nothing is left out either way). The node's saver sets it on purpose.
-        vm.command(
-            "migrate-set-capabilities",
-            capabilities=[{"capability": "x-ignore-shared", "state": ignore_shared}],
-        )
         vm.command("migrate", uri="fd:vmwustate")
         deadline = time.monotonic() + timeout
         while True:

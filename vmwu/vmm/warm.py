@@ -197,10 +197,14 @@ def _boot_and_save(cfg: MachineConfig, dest: Path, workdir: Path, timeout: float
             if guest.ended:
                 raise TemplateFailed("it stopped before the agent was ready", stopped=True)
             raise TemplateFailed(f"the agent was not ready within {timeout:g} s", stopped=False)
+        if cfg.ram_file is not None:
+            guest.command(
+                "migrate-set-capabilities",
+                capabilities=[{"capability": "x-ignore-shared", "state": True}],
+            )
         # Migrate while running (no "stop" first): the stream then records the VM as
-        # running, so a restore resumes it by itself, without a QMP "cont". With the RAM
-        # in a file of its own, the state leaves it out (x-ignore-shared).
-        save_vm(guest.machine, dest, ignore_shared=cfg.ram_file is not None)
+        # running, so a restore resumes it by itself, without a QMP "cont".
+        save_vm(guest.machine, dest)
         guest.command("quit")
         guest.machine.wait(10)
     finally:

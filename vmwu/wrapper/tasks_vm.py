@@ -161,6 +161,7 @@ class VmTask:
             warm=self.settings.warm,
             boot_timeout=self.settings.boot_timeout,
             catalog=self.settings.catalog,
+            shared_ram=False,  # checkpoints must load into a plain QEMU (RunOptions)
         )
 
     def _prepare(self) -> Instance:
