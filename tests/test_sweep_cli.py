@@ -353,6 +353,38 @@ def test_export_runs_without_the_driver(plan: Path, tmp_path: Path) -> None:
     assert {d.name for d in done} == {w for w in dry if w.startswith("j-")}
 
 
+def test_exported_jobs_copying_one_file_to_node_dotdot_at_once_each_see_it_whole(
+    tmp_path: Path,
+) -> None:
+    """The exported scripts of jobs sharing a node (Grid Engine runs two at once here)
+    copy the same file to node:..; a job must never read it half-written by another."""
+    (tmp_path / "big.bin").write_bytes(os.urandom(1 << 22))
+    p = write(
+        tmp_path / "d.plan",
+        "parameter n integer range from 1 to 8 step 1\n"
+        "task main\n"
+        "  copy big.bin node:..\n"
+        "  node:execute cmp ../big.bin ${ROOT}/big.bin\n"
+        "endtask\n".replace("${ROOT}", str(tmp_path)),
+    )
+    out = tmp_path / "sge"
+    result = run_vmwu("sweep", "export", "--format", "sge", p, "-o", out)
+    assert result.returncode == 0, result.stderr
+    env = {**os.environ, "VMWU_SWEEP_SCRATCH": str(tmp_path / "scratch")}
+    for _ in range(3):
+        jobs = [
+            subprocess.Popen(
+                ["sh", str(out / "task.sh"), str(n)], env=env, stderr=subprocess.PIPE, text=True
+            )
+            for n in range(1, 9)
+        ]
+        codes = [job.wait(timeout=120) for job in jobs]
+        logs = [(d / "task.log").read_text() for d in (out / "jobs").iterdir()]
+        assert codes == [0] * 8, logs
+        shutil.rmtree(out / "jobs")
+        (out / "jobs").mkdir()
+
+
 def test_a_toml_plan_end_to_end(tmp_path: Path) -> None:
     p = write(
         tmp_path / "t.toml",

@@ -396,7 +396,8 @@ def test_exported_sge_scripts_run_under_a_real_qsub(gvmwu: Vmwu) -> None:
     for job in done.values():
         info = json.loads((job / "job.json").read_text())
         codes[info["exit_code"]] = info["state"]
-        assert (job / "out" / "status.json").is_file()  # the vmwu run output, kept
+        # the vmwu run output, kept (task.log says why if not)
+        assert (job / "out" / "status.json").is_file(), (job / "task.log").read_text()
     assert codes == {0: "done", 99: "failed"}
     # exit 99 would have made Grid Engine run the task again: each ran once, and said 1
     assert sorted(r.exit_status for r in records.values()) == [0, 0, 1]

@@ -204,12 +204,22 @@ substitute() {
     awk -v names="$PARAM_NAMES" AWK "$1" > "$2"
 }
 
-copy_to() {
+copy_to() {  # appears whole (copied under a temporary name, then renamed): jobs that share
+    # node:.. on a node copy the same file there at once and read it at once
     if [ -d "$2" ] && [ ! -L "$2" ]; then
-        cp -RP -- "$1" "$2"/
+        d=$2 t=$2/$(basename "$1")
     else
-        mkdir -p "$(dirname "$2")" && rm -rf -- "$2" && cp -RP -- "$1" "$2"
+        d=$(dirname "$2") t=$2
     fi
+    mkdir -p "$d" || return 1
+    if [ -d "$1" ] && [ ! -L "$1" ] && [ -d "$t" ] && [ ! -L "$t" ]; then
+        cp -RP -- "$1"/. "$t"/  # a directory merges into one that is there
+        return
+    fi
+    n=$d/.vmwu-copy.$JOB_ID.$$
+    rm -rf -- "$n" && cp -RP -- "$1" "$n" || { rm -rf -- "$n"; return 1; }
+    mv -fT -- "$n" "$t" 2>/dev/null || { rm -rf -- "$t" && mv -fT -- "$n" "$t"; } ||
+        { rm -rf -- "$n"; return 1; }
 }
 
 copy_root() {  # a root-side output: kept with the result, put in the experiment at the end
