@@ -304,3 +304,24 @@ def test_a_status_json_link_is_not_taken_for_a_vmwu_run(tmp_path: Path) -> None:
     job = next((tmp_path / "t-results" / "jobs").glob("j-*"))
     assert sorted(os.listdir(job)) == ["job.json", "task.log"]
     assert json.loads((job / "job.json").read_text())["vmwu_run"] is None
+
+
+@pytest.mark.parametrize(("recorded", "infra"), [(0, True), (247, False)])
+def test_a_vmwu_run_code_no_status_json_records_is_vmwu_s_own_failure(
+    tmp_path: Path, recorded: int, infra: bool
+) -> None:
+    """A step exiting 247 after its `vmwu run` wrote a status.json of another outcome (a
+    node pool service that ended before it answered) failed for the infrastructure and is
+    retried; one whose status.json says the application itself exited 247 is not."""
+    status = {"vmwu_version": "0", "outcome": "app", "exit_code": recorded}
+    made = write(tmp_path / "status.json", json.dumps(status))
+    write(
+        tmp_path / "t.plan",
+        "parameter n integer default 1\ntask main\n"
+        f'  shexec "mkdir -p out && cp {made} out/ && exit 247"\nendtask\n',
+    )
+    result = sweep("t.plan", "-q", "--retries", "1", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    job = next((tmp_path / "t-results" / "jobs").glob("j-*"))
+    info = json.loads((job / "job.json").read_text())
+    assert (info["attempt"], info["infrastructure_failure"]) == ((2, True) if infra else (1, False))

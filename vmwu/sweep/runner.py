@@ -20,9 +20,10 @@ runs one job's ``task main`` and leaves its result whole or not at all.
    is thrown away.
 
 A failing command fails the job with its code (unless ``onerror ignore``). ``vmwu run``
-exiting 243 (never booted), 245 (VM crashed) or 247 (host failure), confirmed by its
-status.json, is an infrastructure failure: retried while attempts remain. SIGTERM (cancel,
-scancel) stops the commands, kills their processes (QEMU too) and leaves no result.
+exiting 243 (never booted), 245 (VM crashed) or 247 (host failure) is an infrastructure
+failure, retried while attempts remain, unless its status.json says that the application
+itself exited with that code. SIGTERM (cancel, scancel) stops the commands, kills their
+processes (QEMU too) and leaves no result.
 """
 
 from __future__ import annotations
@@ -288,11 +289,15 @@ class Runner:
         return found
 
     def vmwu_confirms(self, code: int) -> bool:
-        """Did a ``vmwu run`` report this code as its own failure (not the app's)?"""
+        """Is this code ``vmwu run``'s own failure, not the app's exit code passed on?"""
         statuses = [s for run in self.vmwu_runs() if (s := _status(self.work, run))]
         if not statuses:  # vmwu run failed before it wrote anything: trust the code
             return True
-        return any(s.vmwu_failed and s.exit_code == code for s in statuses)
+        if any(s.vmwu_failed and s.exit_code == code for s in statuses):
+            return True
+        # no run recorded this code as its outcome: vmwu failed after writing status.json
+        # (a node pool service that ended before it answered), not the application
+        return not any(s.exit_code == code for s in statuses)
 
     def keep_vmwu_runs(self) -> None:
         runs = self.vmwu_runs()
