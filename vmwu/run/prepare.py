@@ -22,7 +22,7 @@ from vmwu.cache import NodeCache
 from vmwu.errors import BadInput, HostDiskFull, UnitError
 from vmwu.guest import protocol
 from vmwu.guest.protocol import Label
-from vmwu.images import qemu_img
+from vmwu.images import templates
 from vmwu.images.iso import IsoEntry, write_iso
 from vmwu.run import cloudinit
 from vmwu.run.instance_files import cdrom_entries, file_destinations
@@ -202,7 +202,7 @@ def iso_entries(opts: RunOptions) -> list[IsoEntry]:
     # A resumed guest shares its clock and RNG state with every instance resumed from the
     # same save; the agent sets the clock and stirs this seed into the pool.
     entries.append(IsoEntry(protocol.ISO_TIME, data=f"{int(time.time())}\n".encode()))
-    entries.append(IsoEntry(protocol.ISO_SEED, data=secrets.token_bytes(64)))
+    entries.append(IsoEntry(protocol.ISO_SEED, data=f"{secrets.token_hex(64)}\n".encode()))
     entries += cdrom_entries(
         files=opts.files,
         destinations=opts.files_destination,
@@ -213,25 +213,28 @@ def iso_entries(opts: RunOptions) -> list[IsoEntry]:
     return entries
 
 
-def prepare_disks(inst: Path, disks: ResolvedDisks, opts: RunOptions) -> list[Drive]:
-    """Overlays over the cached read-only images; a fresh raw output disk."""
+def prepare_disks(
+    inst: Path, disks: ResolvedDisks, overlays: dict[Path, tuple[Path, str]]
+) -> list[Drive]:
+    """Overlays over the cached read-only images (each recorded in ``overlays`` with
+    its backing image and format); a fresh raw output disk."""
     drives: list[Drive] = []
     if disks.base_disk is not None:
         overlay = inst / "base.qcow2"
         # issue 6: over the unit's guest-packages layer, which itself backs onto the base
         under = disks.base_layer or disks.base_disk
-        qemu_img.create_overlay(under.path, overlay, backing_format=under.format)
+        templates.create_overlay(under.path, overlay, backing_format=under.format)
         # A base without a kernel of its own boots from this disk (its boot loader).
         boot = 0 if disks.kernel is None else None
         drives.append(Drive("base", overlay, "qcow2", serial=Label.BASE, bootindex=boot))
     app = inst / "app.qcow2"
-    qemu_img.create_overlay(disks.app_disk.path, app, backing_format=disks.app_disk.format)
+    app_disk = disks.app_disk
+    templates.create_overlay(app_disk.path, app, backing_format=app_disk.format)
+    overlays[app] = (app_disk.path, app_disk.format)
     drives.append(Drive("app", app, "qcow2", serial=Label.APP))
     # The output disk is raw so that debugfs can read it back without a conversion.
     out = inst / "output.raw"
-    qemu_img.convert(
-        disks.output_disk.path, out, src_format=disks.output_disk.format, dst_format="raw"
-    )
+    templates.raw_copy(disks.output_disk.path, out, src_format=disks.output_disk.format)
     drives.append(Drive("out", out, "raw", serial=Label.OUTPUT))
     return drives
 
@@ -267,6 +270,7 @@ def warm_start(
     base_under: tuple[Path, str] | None = None,
     *,
     shared: SharedUse | None = None,
+    overlays: dict[Path, tuple[Path, str]] | None = None,
 ) -> tuple[MachineConfig, str]:
     """``cfg`` set up to resume the node's saved booted guest (saving it first if this
     is the first such instance on the node), or unchanged with the reason why not. The
@@ -292,7 +296,7 @@ def warm_start(
             if saved is not None:
                 how = "saved the booted guest for this node, then resumed it"
                 how = how if shared.saved_now else "resumed"
-                drives = warm_drives(cfg, inst, sizes_before, saved.base)
+                drives = warm_drives(cfg, inst, sizes_before, saved.base, overlays)
                 resumed = dataclasses.replace(
                     warm_cfg, incoming=saved.state, ram_file=saved.ram, drives=drives
                 )
@@ -321,29 +325,42 @@ def warm_start(
             failed_marker.parent.mkdir(parents=True, exist_ok=True)
             failed_marker.write_text(f"{exc}\n")
         return cfg, f"cold boot: the warm-start template failed ({exc})"
-    drives = warm_drives(cfg, inst, sizes_before, frozen.path if frozen else None)
+    drives = warm_drives(cfg, inst, sizes_before, frozen.path if frozen else None, overlays)
     how = "saved the booted guest for this node, then resumed it" if saved_now else "resumed"
     resumed = dataclasses.replace(warm_cfg, incoming=state, drives=drives)
     return resumed, f"warm start: {how}"
 
 
 def warm_drives(
-    cfg: MachineConfig, inst: Path, sizes_before: dict[Path, int], frozen: Path | None
+    cfg: MachineConfig,
+    inst: Path,
+    sizes_before: dict[Path, int],
+    frozen: Path | None,
+    overlays: dict[Path, tuple[Path, str]] | None = None,
 ) -> tuple[Drive, ...]:
     """The instance's drives for a warm start: disks grown to the saved capacity, and the
-    root disk as the saved guest left it (an overlay over ``frozen``)."""
+    root disk as the saved guest left it (an overlay over ``frozen``). A fresh overlay
+    of ``overlays`` (not used yet) is made anew at that capacity instead of grown."""
+    overlays = overlays if overlays is not None else {}
     drives = []
     for d in cfg.drives:
         if d.id == warm.BASE and frozen is not None:
             # the root disk as the saved guest left it (its own capacity), written to a
             # separate overlay: a cold-boot fallback still has the one over the base
             root = inst / "base-warm.qcow2"
-            qemu_img.create_overlay(frozen, root, backing_format="qcow2")
+            templates.create_overlay(frozen, root, backing_format="qcow2")
             drives.append(dataclasses.replace(d, path=root))
             continue
         if d.path not in sizes_before:  # a second try (fallback) finds them grown
-            sizes_before[d.path] = warm.virtual_size(d.path)
-            warm.resize(d.path, warm.CAPACITY)
+            fresh = overlays.pop(d.path, None)
+            if fresh is not None:
+                backing, fmt = fresh
+                sizes_before[d.path] = templates.virtual_size(backing, fmt)
+                d.path.unlink()
+                templates.create_overlay(backing, d.path, backing_format=fmt, size=warm.CAPACITY)
+            else:
+                sizes_before[d.path] = warm.virtual_size(d.path)
+                warm.resize(d.path, warm.CAPACITY)
         drives.append(d)
     return tuple(drives)
 
@@ -429,6 +446,8 @@ class Prepared:
     # what the root disk's overlay is over (base disk or layer) and its format, if any
     base_under: tuple[Path, str] | None = None
     shared: SharedUse = field(default_factory=SharedUse)
+    # overlays made and not used yet: path -> (backing image, its format)
+    overlays: dict[Path, tuple[Path, str]] = field(default_factory=dict)
 
     def warm_config(self, *, shared_ram: bool = True) -> tuple[MachineConfig, str]:
         """The configuration to boot with (warm unless disabled or impossible) and how;
@@ -444,6 +463,7 @@ class Prepared:
             self.opts.boot_timeout,
             self.base_under,
             shared=self.shared if shared_ram and self.opts.shared_ram else None,
+            overlays=self.overlays,
         )
 
     def shared_ram_failed(self, reason: str) -> None:
@@ -548,8 +568,9 @@ def _prepare(opts: RunOptions, cache: NodeCache, *, check_output: bool) -> Prepa
     arch = opts.vmm_architecture or desc.base.architecture
     choice = choose_accel(opts, arch)
     inst = cache.new_instance_dir(desc.name)
+    overlays: dict[Path, tuple[Path, str]] = {}
     try:
-        drives = prepare_disks(inst, disks, opts)
+        drives = prepare_disks(inst, disks, overlays)
         iso = inst / "instance.iso"
         write_iso(iso, iso_entries(opts))
         as_disk = opts.cdrom_as_hard_disk
@@ -591,4 +612,6 @@ def _prepare(opts: RunOptions, cache: NodeCache, *, check_output: bool) -> Prepa
         raise
     under = disks.base_layer or disks.base_disk
     base_under = (under.path, under.format) if under is not None else None
-    return Prepared(opts, desc, cache, inst, out_dir, cfg, choice, base_under=base_under)
+    return Prepared(
+        opts, desc, cache, inst, out_dir, cfg, choice, base_under=base_under, overlays=overlays
+    )
