@@ -163,7 +163,10 @@ def pool_figures(
         while not sock.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
 
-        from vmwu.run.poolserve import ask  # this vmwu has the pool
+        try:  # this vmwu has the pool
+            from vmwu.run.poolclient import ask
+        except ImportError:  # a vmwu from before the lean client
+            from vmwu.run.poolserve import ask  # type: ignore[attr-defined,no-redef]
 
         def ready() -> int:
             summary = ask(sock, {"v": 1, "status": True}, timeout=30).summary or ""

@@ -97,7 +97,10 @@ class Side:
         return self.sh("run", str(self.unit), "--quiet", "--output-directory", str(out), env=env)
 
     def pool_ready(self, n: int) -> None:
-        from vmwu.run.poolserve import ask  # the after side's own vmwu
+        try:  # the after side's own vmwu
+            from vmwu.run.poolclient import ask
+        except ImportError:  # a vmwu from before the lean client
+            from vmwu.run.poolserve import ask  # type: ignore[attr-defined,no-redef]
 
         sock = Path(self.pool_env["VMWU_POOL"])
         deadline = time.monotonic() + 60

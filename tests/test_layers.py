@@ -21,7 +21,7 @@ ROOT = Path(vmwu.__file__).resolve().parent
 
 # Top to bottom. A package may import its own layer and the layers below it.
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
-    ("entry point", frozenset({"__main__"})),
+    ("entry point", frozenset({"__main__", "entry"})),
     ("subsystems", frozenset({"sweep", "wrapper"})),
     ("commands", frozenset({"cli", "cache_report", "doctor", "ui"})),
     ("pack", frozenset({"pack"})),

@@ -1,5 +1,6 @@
-"""The node pool service's messages (vmwu.run.poolserve): whatever arrives on the socket
-is a request or reply of the protocol, or refused with BadRequest; nothing else escapes."""
+"""The node pool service's messages (vmwu.run.poolclient, vmwu.run.poolserve): whatever
+arrives on the socket is a request or reply of the protocol, or refused with BadRequest;
+nothing else escapes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vmwu.run.poolserve import MAX_REQUEST, BadRequest, Reply, parse_reply, parse_request
+from vmwu.run.poolclient import MAX_REQUEST, BadRequest, Reply, parse_reply
+from vmwu.run.poolserve import parse_request
 
 
 def test_a_run_request() -> None:
@@ -86,3 +88,55 @@ def test_any_bytes_are_a_message_or_refused(raw: bytes) -> None:
     else:
         assert 0 <= reply.exit <= 255
         assert reply.error is None or isinstance(reply.error, str)
+
+
+def test_the_lean_client_speaks_the_exit_codes_of_vmwu_errors() -> None:
+    from vmwu.errors import ExitCode
+    from vmwu.run import poolclient
+
+    assert poolclient.HOST_FAILURE == ExitCode.HOST_FAILURE
+    assert poolclient.INTERRUPTED == ExitCode.INTERRUPTED
+
+
+def test_a_pooled_vmwu_run_imports_no_more_than_its_client(tmp_path: Path) -> None:
+    """`vmwu run` with $VMWU_POOL set hands the run over before vmwu.cli is imported (a
+    tiny job's run is mostly Python starting up); the service's answer is its outcome."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    sock_path = tmp_path / "pool.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(sock_path))
+    server.listen(1)
+    seen: list[bytes] = []
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            data = b""
+            while not data.endswith(b"\n"):
+                data += conn.recv(4096)
+            seen.append(data)
+            conn.sendall(Reply(7, None, "summary line").encode())
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    probe = (
+        "import sys, runpy; sys.argv = ['vmwu', 'run', 'u.ova', '--', 'a b'];\n"
+        "try:\n    runpy.run_module('vmwu', run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    print(int(e.code), 'vmwu.cli' in sys.modules, 'dataclasses' in sys.modules)\n"
+    )
+    env = {**os.environ, "VMWU_POOL": str(sock_path)}
+    result = subprocess.run(
+        [sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    thread.join(timeout=30)
+    server.close()
+    assert result.stdout.split() == ["7", "False", "False"], result.stderr
+    assert "summary line" in result.stderr
+    request = parse_request(seen[0])
+    assert request.run == ("u.ova", "--", "a b") and request.cwd == tmp_path

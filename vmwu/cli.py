@@ -125,7 +125,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def _run_in_pool(extra: list[str]) -> int | None:
     """Have the node pool service ($VMWU_POOL) run the instance; None if there is none."""
-    from vmwu.run.poolserve import pool_socket, run_via_pool
+    from vmwu.run.poolclient import pool_socket, report, run_via_pool
 
     sock = pool_socket()
     if sock is None:
@@ -133,11 +133,7 @@ def _run_in_pool(extra: list[str]) -> int | None:
     reply = run_via_pool(sock, extra)
     if reply is None or reply.local:
         return None
-    if reply.error is not None:
-        print(f"vmwu: error: {reply.error}", file=sys.stderr)
-    elif reply.summary is not None:
-        print(reply.summary, file=sys.stderr)
-    return reply.exit
+    return report(reply)
 
 
 def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:

@@ -17,7 +17,7 @@ import pytest
 from tests.integration.conftest import Vmwu
 from tests.processes import MARK, assert_all_gone, comm, survivors, tree
 from tests.waits import wait_for
-from vmwu.run.poolserve import ask
+from vmwu.run.poolclient import ask
 
 POOLED = "warm start: a ready VM of the node's pool"
 PROBE = 'echo "$@" > /output/args.txt; cat /cdrom/param > /output/param.txt; ls /app > /output/ls'

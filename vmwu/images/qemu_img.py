@@ -26,25 +26,17 @@ UNTRUSTED = tools.Limits(cpu_seconds=30, address_space=1024**3)
 SMALL_CLUSTER_MAX = 64 * 1024**3
 
 
-def create_overlay(backing: Path, overlay: Path, *, backing_format: str) -> None:
-    """A qcow2 overlay over ``backing`` (which is never written)."""
-    tools.run(
-        [
-            "qemu-img",
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "cluster_size=65536",
-            "-b",
-            os.path.abspath(backing),
-            "-F",
-            backing_format,
-            overlay,
-        ],
-        disk_hint=str(overlay.parent),
-    )
+def create_overlay(
+    backing: Path, overlay: Path, *, backing_format: str, size: int | None = None
+) -> None:
+    """A qcow2 overlay over ``backing`` (which is never written), of ``size`` bytes if
+    given (a warm start's larger capacity), else of the backing's."""
+    argv: list[tools.Arg] = ["qemu-img", "create", "-q", "-f", "qcow2"]
+    argv += ["-o", "cluster_size=65536", "-b", os.path.abspath(backing), "-F", backing_format]
+    argv.append(overlay)
+    if size is not None:
+        argv.append(str(size))
+    tools.run(argv, disk_hint=str(overlay.parent))
 
 
 def convert(

@@ -10,7 +10,13 @@ until the saved guest has loaded, and queues it paused. A VM taken is never put 
 While a key has ready VMs, the saved guest's RAM file and state are held in use
 (``NodeCache.in_use``), so that a bounded cache does not evict what they map. A key
 nobody asked for during ``idle`` seconds is dropped with its VMs. A key whose VMs fail
-to start is dropped too (until an instance asks again). :meth:`close` stops everything;
+to start is dropped too (until an instance asks again).
+
+Making a ready VM (a QEMU restoring, then the guest warming up) takes ~0.4 s of CPU. On a
+node with few cores that would be taken from the instances running then: with ``busy``
+(how many instances the owner runs now), the pool starts making one only while fewer than
+``max_busy`` run (by default one per core: it takes a core no instance uses), and the
+owner calls :meth:`nudge` when one ends. :meth:`close` stops everything;
 if the owning process dies instead, its QEMUs die with it (``PR_SET_PDEATHSIG``).
 """
 
@@ -18,9 +24,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,10 +65,14 @@ class NodePool:
         size: int = DEFAULT_SIZE,
         idle: float = DEFAULT_IDLE,
         cache: NodeCache | None = None,
+        busy: Callable[[], int] | None = None,
+        max_busy: int | None = None,
     ) -> None:
         self.root = root
         self.size = size
         self.idle = idle
+        self.busy = busy
+        self.max_busy = max_busy if max_busy is not None else (os.cpu_count() or 1)
         self.cache = cache or NodeCache()
         self._keys: dict[str, _Key] = {}
         self._cond = threading.Condition()
@@ -111,6 +123,14 @@ class NodePool:
                 holds.enter_context(self.cache.in_use(path))
         return holds
 
+    def nudge(self) -> None:
+        """The owner's instances changed (one ended): the refill thread looks again."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def _cores_taken(self) -> bool:
+        return self.busy is not None and self.busy() >= self.max_busy
+
     def ready_count(self) -> int:
         with self._cond:
             return sum(len(k.ready) for k in self._keys.values())
@@ -141,7 +161,7 @@ class NodePool:
                 wanted = None
                 while not self._closed:
                     wanted = self._next_wanted()
-                    if wanted is not None:
+                    if wanted is not None and not self._cores_taken():
                         break
                     self._cond.wait(timeout=min(self.idle, 5.0))
                 if self._closed:

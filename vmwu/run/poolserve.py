@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import select
@@ -44,19 +43,19 @@ from pathlib import Path
 from typing import Any
 
 from vmwu.errors import BadInput, ExitCode, VmwuError
+from vmwu.run.poolclient import (
+    MAX_REQUEST,
+    BadRequest,
+    Reply,
+    clean_text,
+    read_line,
+    versioned_line,
+)
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
-MAX_REQUEST = 64 * 1024
-MAX_REPLY = 64 * 1024
 MAX_ARGS = 4096
-ENV = "VMWU_POOL"
 DEFAULT_IDLE = 600.0
-
-
-class BadRequest(ValueError):
-    """A request that is not one this protocol knows."""
 
 
 @dataclass(frozen=True)
@@ -68,52 +67,9 @@ class Request:
     status: bool = False
 
 
-@dataclass(frozen=True)
-class Reply:
-    """``local``: the service does not run such instances (--print-cmdline): the client
-    runs it itself."""
-
-    exit: int
-    error: str | None = None
-    summary: str | None = None
-    local: bool = False
-
-    def encode(self) -> bytes:
-        doc = {"v": VERSION, "exit": self.exit, "error": self.error, "summary": self.summary}
-        if self.local:
-            doc["local"] = True
-        return json.dumps(doc).encode() + b"\n"
-
-
-def _clean_text(value: object, what: str, limit: int) -> str:
-    if not isinstance(value, str):
-        raise BadRequest(f"{what} is not a string")
-    if len(value) > limit or "\x00" in value:
-        raise BadRequest(f"{what} is too long or holds a NUL")
-    return value
-
-
-def _versioned(doc: object) -> bool:
-    return isinstance(doc, dict) and type(doc.get("v")) is int and doc["v"] == VERSION
-
-
-def _versioned_line(raw: bytes, limit: int, what: str) -> dict[str, Any]:
-    """One JSON line of the protocol, at most ``limit`` bytes, of this version."""
-    if len(raw) > limit:
-        raise BadRequest(f"{what} too large")
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"not JSON: {exc}") from None
-    if not _versioned(doc):
-        raise BadRequest(f"not a version 1 {what}")
-    assert isinstance(doc, dict)
-    return doc
-
-
 def parse_request(raw: bytes) -> Request:
     """One request line (bytes as received, newline included or not)."""
-    doc = _versioned_line(raw, MAX_REQUEST, "request")
+    doc = versioned_line(raw, MAX_REQUEST, "request")
     if set(doc) == {"v", "status"} and doc["status"] is True:
         return Request(status=True)
     if set(doc) != {"v", "run", "cwd"}:
@@ -121,27 +77,11 @@ def parse_request(raw: bytes) -> Request:
     args = doc["run"]
     if not isinstance(args, list) or len(args) > MAX_ARGS:
         raise BadRequest("run is not a list of arguments")
-    run = tuple(_clean_text(a, "an argument", MAX_REQUEST) for a in args)
-    cwd = _clean_text(doc["cwd"], "cwd", 4096)
+    run = tuple(clean_text(a, "an argument", MAX_REQUEST) for a in args)
+    cwd = clean_text(doc["cwd"], "cwd", 4096)
     if not cwd.startswith("/"):
         raise BadRequest("cwd is not absolute")
     return Request(run, Path(cwd))
-
-
-def parse_reply(raw: bytes) -> Reply:
-    """The service's answer (the client trusts it no more than it must)."""
-    doc = _versioned_line(raw, MAX_REPLY, "reply")
-    code = doc.get("exit")
-    if not isinstance(code, int) or isinstance(code, bool) or not 0 <= code <= 255:
-        raise BadRequest("bad exit code")
-    texts: list[str | None] = []
-    for name in ("error", "summary"):
-        value = doc.get(name)
-        texts.append(None if value is None else _clean_text(value, name, 8192))
-    local = doc.get("local", False)
-    if not isinstance(local, bool):
-        raise BadRequest("bad local flag")
-    return Reply(code, texts[0], texts[1], local)
 
 
 # -- the service ---------------------------------------------------------------------------
@@ -170,19 +110,6 @@ def _peer_uid(conn: socket.socket) -> int:
     return int(uid)
 
 
-def _read_line(conn: socket.socket, limit: int, timeout: float) -> bytes:
-    conn.settimeout(timeout)
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = conn.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-        if len(data) > limit:
-            raise BadRequest("too large")
-    return data
-
-
 def _close_thread_loop() -> None:
     """Close the event loop QMP clients made for this (ending) thread, if any."""
     import asyncio
@@ -209,11 +136,18 @@ class Service:
         private_dir(sock_path.parent)
         self.cache = NodeCache()
         self.vm_root = Path(tempfile.mkdtemp(prefix="pool-", dir=sock_path.parent))
-        self.pool = NodePool(self.vm_root, size=size, cache=self.cache)
+        from vmwu.images import templates
+
+        templates.enable(self.vm_root / "templates")  # instance disks: copies, no qemu-img
         self.active = 0
+        self.pool = NodePool(self.vm_root, size=size, cache=self.cache, busy=self._running)
         self.last = time.monotonic()
         self.lock = threading.Lock()
         self.stopping = False
+
+    def _running(self) -> int:
+        with self.lock:
+            return self.active
 
     def serve(self) -> None:
         sock_path = self.sock_path
@@ -269,12 +203,13 @@ class Service:
             with self.lock:
                 self.active -= 1
                 self.last = time.monotonic()
+            self.pool.nudge()
 
     def _serve_one(self, conn: socket.socket) -> Reply:
         if _peer_uid(conn) != os.getuid():
             return Reply(int(ExitCode.BAD_INPUT), "the pool serves its own user only")
         try:
-            request = parse_request(_read_line(conn, MAX_REQUEST, 10.0))
+            request = parse_request(read_line(conn, MAX_REQUEST, 10.0))
         except (BadRequest, OSError) as exc:
             return Reply(int(ExitCode.BAD_INPUT), f"bad request to the node pool: {exc}")
         if request.status:
@@ -329,54 +264,6 @@ def reply_for(result: Any, opts: Any, quiet: bool) -> Reply:
             f"(boot {t.boot}s, app {t.app}s, total {t.qemu}s); outputs in {result.output_dir}"
         )
     return Reply(int(result.exit_code), None, summary)
-
-
-# -- the client (vmwu run) -----------------------------------------------------------------
-
-
-def pool_socket() -> Path | None:
-    """The service ``$VMWU_POOL`` names (a socket path; unset, empty, ``off``, or ``auto``
-    that no local sweep has replaced by its own service's socket: none)."""
-    value = os.environ.get(ENV)
-    return Path(value) if value and value not in ("off", "auto") else None
-
-
-def ask(sock_path: Path, request: dict[str, Any], timeout: float | None = None) -> Reply:
-    """Send one request and read the reply (OSError when there is no service)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-        client.connect(os.fspath(sock_path))
-        client.sendall(json.dumps(request).encode() + b"\n")
-        raw = _read_line(client, MAX_REPLY, timeout if timeout is not None else 1e9)
-    if not raw:
-        return Reply(int(ExitCode.HOST_FAILURE), "the node pool service ended during the run")
-    try:
-        return parse_reply(raw)
-    except BadRequest as exc:
-        return Reply(int(ExitCode.HOST_FAILURE), f"the node pool answered badly: {exc}")
-
-
-def run_via_pool(sock_path: Path, argv: list[str], cwd: Path | None = None) -> Reply | None:
-    """Ask the service at ``sock_path`` to run ``vmwu run argv`` (typed in ``cwd``, by
-    default this process's); None (and why in the debug log) when there is no service
-    to ask: the caller runs the instance itself."""
-    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        try:
-            client.connect(os.fspath(sock_path))
-        except OSError as exc:
-            log.debug("no node pool at %s (%s): running the instance here", sock_path, exc)
-            return None
-        request = {"v": VERSION, "run": argv, "cwd": os.fspath(cwd or Path.cwd())}
-        client.sendall(json.dumps(request).encode() + b"\n")
-        raw = _read_line(client, MAX_REPLY, 24 * 3600.0 * 365)
-        if not raw:
-            return Reply(int(ExitCode.HOST_FAILURE), "the node pool service ended during the run")
-        try:
-            return parse_reply(raw)
-        except BadRequest as exc:
-            return Reply(int(ExitCode.HOST_FAILURE), f"the node pool answered badly: {exc}")
-    finally:
-        client.close()
 
 
 # -- vmwu pool ... --------------------------------------------------------------------------

@@ -195,9 +195,9 @@ class TaskRun:
         pool service at hand ($VMWU_POOL, the local executor's): asked of the service
         from this process, without starting a shell and a Python for it (issue 15 §3).
         None: run it the ordinary way (no pool, other syntax, other VMWU_* settings)."""
-        from vmwu.run import poolserve
+        from vmwu.run import poolclient
 
-        sock = poolserve.pool_socket()
+        sock = poolclient.pool_socket()
         if sock is None or _SHELL_SYNTAX.search(command):
             return None
         # the service runs with this process's environment: a step's own VMWU_* setting
@@ -212,7 +212,7 @@ class TaskRun:
             return None
         if words[:2] != ["vmwu", "run"] or len(words) < 3:
             return None
-        reply = poolserve.run_via_pool(sock, words[2:], cwd=self.place.cwd)
+        reply = poolclient.run_via_pool(sock, words[2:], cwd=self.place.cwd)
         if reply is None or reply.local:
             return None
         err = self.err.fd if self.err.fd is not None else self.place.log.fileno()

@@ -137,12 +137,12 @@ class LocalExecutor(Executor):
         self._pool_tried = False  # started at the first submission (not for a cancel)
 
     def _start_pool(self, size: int) -> None:
-        from vmwu.run import poolserve
+        from vmwu.run import poolclient
 
         # opt-in: with a pool a job's guest belongs to the service, so a driver killed
         # with -9 takes the running jobs with it (they are re-run, not re-attached), and
         # on 2 busy cores the pool's refill competes with the slots (docs/pool.md)
-        if os.environ.get(poolserve.ENV) != "auto":  # unset, "off", or the user's socket
+        if os.environ.get(poolclient.ENV) != "auto":  # unset, "off", or the user's socket
             return
         self.pool_dir = Path(tempfile.mkdtemp(prefix="vmwu-pool-"))
         sock = self.pool_dir / "pool.sock"
@@ -153,20 +153,20 @@ class LocalExecutor(Executor):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and self.pool.poll() is None:
             try:
-                poolserve.ask(sock, {"v": 1, "status": True}, timeout=10)
+                poolclient.ask(sock, {"v": 1, "status": True}, timeout=10)
             except OSError:
                 time.sleep(0.02)
                 continue
-            os.environ[poolserve.ENV] = str(sock)  # the jobs, forked from here, see it
+            os.environ[poolclient.ENV] = str(sock)  # the jobs, forked from here, see it
             return
         self._stop_pool()
 
     def _stop_pool(self) -> None:
-        from vmwu.run import poolserve
+        from vmwu.run import poolclient
 
-        if os.environ.get(poolserve.ENV) and self.pool_dir is not None:
-            if os.environ[poolserve.ENV] == str(self.pool_dir / "pool.sock"):
-                del os.environ[poolserve.ENV]
+        if os.environ.get(poolclient.ENV) and self.pool_dir is not None:
+            if os.environ[poolclient.ENV] == str(self.pool_dir / "pool.sock"):
+                del os.environ[poolclient.ENV]
         if self.pool is not None:
             if self.pool.poll() is None:
                 self.pool.terminate()
