@@ -239,9 +239,15 @@ class Wrapper:
             if self.state.finished:
                 self.runstate = RunState.DONE if self.state.exit_code == 0 else RunState.FAILED
                 self.write_status()
+                # `vmwu wrap --fresh` starts it again; a BOINC client has no such option
+                again = (
+                    "pass --fresh to run it again"
+                    if self._control_factory is Control
+                    else "reporting its exit status again"
+                )
                 self.report(
                     f"this job already ended ({self.state.message or 'done'}, exit "
-                    f"{self.state.exit_code}); pass --fresh to run it again"
+                    f"{self.state.exit_code}); {again}"
                 )
                 return int(self.state.exit_code or 0)
             self._clean_leftovers()

@@ -71,6 +71,26 @@ def exec_job_argv(results: Path, sub: Submission) -> list[str]:
     ]
 
 
+class Patience:
+    """How long a batch system may stay unreachable (its controller restarting or busy)
+    before the driver gives up: the jobs go on meanwhile, and ``vmwu sweep resume``
+    follows them again later."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._down_since: float | None = None
+
+    def tolerates(self) -> bool:
+        """The system is unreachable now: True while that has lasted less than ``seconds``."""
+        now = time.monotonic()
+        self._down_since = self._down_since or now
+        return now - self._down_since < self.seconds
+
+    def reset(self) -> None:
+        """The system answered."""
+        self._down_since = None
+
+
 class Executor(ABC):
     name: str = ""
     poll_interval = 0.5  # seconds between polls of the driver's loop

@@ -47,7 +47,7 @@ from pathlib import Path
 
 from vmwu import tools
 from vmwu.errors import HostFailure, ToolFailed, ToolNotFound
-from vmwu.sweep.executors import Context, Executor, Observed, Phase, Submission
+from vmwu.sweep.executors import Context, Executor, Observed, Patience, Phase, Submission
 
 tools.TOOL_PACKAGES.update(
     {
@@ -251,7 +251,7 @@ class GridEngineExecutor(Executor):
         self.user = pwd.getpwuid(os.getuid()).pw_name
         self.jobs_per_task = max(1, int(ctx.options.get("jobs_per_task", 1)))
         self.jobs_share_tasks = self.jobs_per_task > 1
-        self._down_since: float | None = None
+        self.patience = Patience(PATIENCE)
         self._gone_since: dict[str, float] = {}  # handle → when qstat stopped listing it
         self._deleted: set[str] = set()  # tasks in an error state that were qdel'ed
         self._reporting: tuple[bool, float] | None = None
@@ -382,14 +382,10 @@ class GridEngineExecutor(Executor):
         try:
             seen = self._qstat()
         except GridEngineUnavailable:
-            # sge_qmaster restarting or busy: the jobs go on; give it a while, then stop
-            # (`vmwu sweep resume` follows them again later).
-            now = time.monotonic()
-            self._down_since = self._down_since or now
-            if now - self._down_since < PATIENCE:
+            if self.patience.tolerates():  # the jobs go on; give it a while, then stop
                 return {}
             raise
-        self._down_since = None
+        self.patience.reset()
         out: dict[str, Observed] = {}
         gone: dict[str, str] = {}
         errors: list[str] = []

@@ -24,13 +24,12 @@ import re
 import shlex
 import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from vmwu import tools
 from vmwu.errors import HostFailure, ToolFailed, ToolNotFound
-from vmwu.sweep.executors import Context, Executor, Observed, Phase, Submission
+from vmwu.sweep.executors import Context, Executor, Observed, Patience, Phase, Submission
 
 tools.TOOL_PACKAGES.update(
     {
@@ -71,7 +70,7 @@ class SlurmExecutor(Executor):
         super().__init__(ctx)
         self.prefix = f"vmwu-{ctx.experiment}-"
         self._jobcomp: Path | None | bool = False  # False: not looked up yet
-        self._down_since: float | None = None
+        self.patience = Patience(PATIENCE)
         self.jobs_per_task = max(1, int(ctx.options.get("jobs_per_task", 1)))
         self.jobs_share_tasks = self.jobs_per_task > 1
 
@@ -164,14 +163,10 @@ class SlurmExecutor(Executor):
         try:
             seen = self._squeue()
         except SlurmUnavailable:
-            # slurmctld restarting or busy: the jobs go on; give it a while, then stop
-            # (the jobs still go on; `vmwu sweep resume` follows them again later).
-            now = time.monotonic()
-            self._down_since = self._down_since or now
-            if now - self._down_since < PATIENCE:
+            if self.patience.tolerates():  # the jobs go on; give it a while, then stop
                 return {}
             raise
-        self._down_since = None
+        self.patience.reset()
         out: dict[str, Observed] = {}
         for job, handle in handles.items():
             if handle in seen:
