@@ -29,13 +29,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from vmwu.errors import BadInput, ToolFailed
+from vmwu.hostfs import write_atomic
 from vmwu.sizes import MAX_DISK_SIZE, format_over, format_size
 
 if TYPE_CHECKING:
@@ -308,13 +308,7 @@ def load(record: Path) -> Facts | None:
 
 def save(record: Path, facts: Facts) -> None:
     record.parent.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_name(f".{record.name}.{secrets.token_hex(4)}")
-    try:
-        tmp.write_text(facts.to_json() + "\n")
-        os.replace(tmp, record)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(record, (facts.to_json() + "\n").encode())
 
 
 # ---------------------------------------------------------------------------------------

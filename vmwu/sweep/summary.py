@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import secrets
 import time
 from pathlib import Path
 from typing import Any
 
-from vmwu.errors import HostDiskFull
-from vmwu.hostfs import is_disk_full, write_json_atomic
+from vmwu.hostfs import write_atomic, write_json_atomic
 from vmwu.sweep.journal import JobRow, Journal, State
 from vmwu.sweep.model import format_value
 
@@ -64,18 +61,9 @@ def write_summary(journal: Journal, results: Path, parameters: list[str]) -> Non
     for r in rows:
         params = [format_value(r["params"][p]) if p in r["params"] else "" for p in parameters]
         writer.writerow([r["job"], *params, *(_cell(r[c]) for c in COLUMNS[1:])])
-    try:
-        write_json_atomic(results / "results.json", {"counts": counts, "jobs": rows})
-        tmp = results / f".results.csv.{secrets.token_hex(4)}.tmp"
-        try:
-            tmp.write_text(buf.getvalue(), encoding="utf-8")
-            os.replace(tmp, results / "results.csv")
-        finally:
-            tmp.unlink(missing_ok=True)
-    except OSError as err:
-        if is_disk_full(err):
-            raise HostDiskFull(str(results)) from None
-        raise
+    # both raise HostDiskFull on a full disk, HostFailure on any other write error
+    write_json_atomic(results / "results.json", {"counts": counts, "jobs": rows})
+    write_atomic(results / "results.csv", buf.getvalue().encode("utf-8"))
 
 
 def _cell(value: Any) -> str:

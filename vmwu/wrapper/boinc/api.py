@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from vmwu.errors import BadInput, HostFailure, VmwuError
+from vmwu.errors import BadInput, VmwuError
+from vmwu.hostfs import write_atomic
 from vmwu.wrapper.boinc.initdata import INIT_DATA_FILE, InitData, read_init_data
 from vmwu.wrapper.boinc.links import LogicalNames
 from vmwu.wrapper.boinc.shmem import MMAP_FILE, Channel, SharedMemory
@@ -341,13 +342,5 @@ def _float_in(text: str, tag: str) -> float | None:
 
 
 def _write_file(path: Path, text: str) -> None:
-    """Replace ``path`` atomically (a reader never sees half of it)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise HostFailure(f"cannot write {path}: {exc.strerror}") from None
+    """Replace ``path`` atomically (a reader never sees half of it), durably."""
+    write_atomic(path, text.encode(), durable=True)
