@@ -140,3 +140,31 @@ def test_a_pooled_vmwu_run_imports_no_more_than_its_client(tmp_path: Path) -> No
     assert "summary line" in result.stderr
     request = parse_request(seen[0])
     assert request.run == ("u.ova", "--", "a b") and request.cwd == tmp_path
+
+
+def test_a_service_that_resets_the_connection_is_a_host_failure(tmp_path: Path) -> None:
+    """The service dying with the request in it (connection reset, not a clean close)
+    is vmwu's failure (247, which a sweep retries), not an exception out of the client."""
+    import socket
+    import struct
+    import threading
+
+    from vmwu.run.poolclient import HOST_FAILURE, run_via_pool
+
+    sock_path = tmp_path / "pool.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(sock_path))
+    server.listen(1)
+
+    def reset() -> None:
+        conn, _ = server.accept()
+        conn.recv(10)  # part of the request read, the rest left unread: close resets
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+
+    thread = threading.Thread(target=reset)
+    thread.start()
+    reply = run_via_pool(sock_path, ["u.ova", "x" * 200_000], cwd=tmp_path)
+    thread.join(timeout=30)
+    server.close()
+    assert reply == Reply(HOST_FAILURE, "the node pool service ended during the run")

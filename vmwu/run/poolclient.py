@@ -165,8 +165,12 @@ def run_via_pool(sock_path: Path, argv: list[str], cwd: Path | None = None) -> R
             )
             return None
         request = {"v": VERSION, "run": argv, "cwd": os.fspath(cwd or Path.cwd())}
-        client.sendall(json.dumps(request).encode() + b"\n")
-        return _reply_from(read_line(client, MAX_REPLY, 24 * 3600.0 * 365))
+        try:
+            client.sendall(json.dumps(request).encode() + b"\n")
+            raw = read_line(client, MAX_REPLY, 24 * 3600.0 * 365)
+        except OSError:  # reset or broken pipe: the service ended with our request in it
+            raw = b""
+        return _reply_from(raw)
 
 
 def report(reply: Reply) -> int:
